@@ -1,0 +1,124 @@
+"""What is said: typed messages, the error taxonomy, provider dialects and configuration.
+
+Pure: imports only the standard library and msgspec (a test keeps it so).
+"""
+
+from ._accumulate import StreamAccumulator as StreamAccumulator
+from ._config import BreakerConfig as BreakerConfig
+from ._config import ConnectionConfig as ConnectionConfig
+from ._config import GatewayConfig as GatewayConfig
+from ._config import MailboxConfig as MailboxConfig
+from ._config import Price as Price
+from ._config import ProviderName as ProviderName
+from ._config import RateLimitConfig as RateLimitConfig
+from ._config import RetryConfig as RetryConfig
+from ._config import RouteConfig as RouteConfig
+from ._config import RuntimeConfig as RuntimeConfig
+from ._config import RuntimeSettings as RuntimeSettings
+from ._config import Secret as Secret
+from ._config import Target as Target
+from ._config import TimeoutConfig as TimeoutConfig
+from ._dialect import Dialect as Dialect
+from ._dialect import HttpRequest as HttpRequest
+from ._dialect import StreamDecoder as StreamDecoder
+from ._dialect import dialect_for as dialect_for
+from ._errors import POLICIES as POLICIES
+from ._errors import ConfigError as ConfigError
+from ._errors import ErrorKind as ErrorKind
+from ._errors import KindPolicy as KindPolicy
+from ._errors import ProtocolError as ProtocolError
+from ._errors import RequestFailed as RequestFailed
+from ._errors import SwitchboardError as SwitchboardError
+from ._errors import counts_against_breaker as counts_against_breaker
+from ._errors import is_retryable as is_retryable
+from ._errors import parks_limiter as parks_limiter
+from ._errors import policy as policy
+from ._messages import ChatRequest as ChatRequest
+from ._messages import Completion as Completion
+from ._messages import ContentPart as ContentPart
+from ._messages import DecodedItem as DecodedItem
+from ._messages import EmbedRequest as EmbedRequest
+from ._messages import Embeddings as Embeddings
+from ._messages import Failure as Failure
+from ._messages import Finished as Finished
+from ._messages import FinishReason as FinishReason
+from ._messages import ImagePart as ImagePart
+from ._messages import Message as Message
+from ._messages import ReasoningDelta as ReasoningDelta
+from ._messages import ResponseFormat as ResponseFormat
+from ._messages import Restart as Restart
+from ._messages import StreamEvent as StreamEvent
+from ._messages import TextDelta as TextDelta
+from ._messages import TextPart as TextPart
+from ._messages import Tool as Tool
+from ._messages import ToolCall as ToolCall
+from ._messages import ToolCallDelta as ToolCallDelta
+from ._messages import ToolResultPart as ToolResultPart
+from ._messages import ToolUsePart as ToolUsePart
+from ._messages import Usage as Usage
+from ._messages import UsageUpdate as UsageUpdate
+from ._ratelimit import RateLimitInfo as RateLimitInfo
+from ._ratelimit import parse_duration as parse_duration
+from ._ratelimit import parse_rate_limit_headers as parse_rate_limit_headers
+from ._ratelimit import parse_retry_after as parse_retry_after
+
+__all__ = [
+    "BreakerConfig",
+    "ChatRequest",
+    "Completion",
+    "ConfigError",
+    "ConnectionConfig",
+    "ContentPart",
+    "DecodedItem",
+    "Dialect",
+    "EmbedRequest",
+    "Embeddings",
+    "ErrorKind",
+    "Failure",
+    "FinishReason",
+    "Finished",
+    "GatewayConfig",
+    "HttpRequest",
+    "ImagePart",
+    "KindPolicy",
+    "MailboxConfig",
+    "Message",
+    "POLICIES",
+    "Price",
+    "ProtocolError",
+    "ProviderName",
+    "RateLimitConfig",
+    "RateLimitInfo",
+    "ReasoningDelta",
+    "RequestFailed",
+    "ResponseFormat",
+    "Restart",
+    "RetryConfig",
+    "RouteConfig",
+    "RuntimeConfig",
+    "RuntimeSettings",
+    "Secret",
+    "StreamAccumulator",
+    "StreamDecoder",
+    "StreamEvent",
+    "SwitchboardError",
+    "Target",
+    "TextDelta",
+    "TextPart",
+    "TimeoutConfig",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "ToolResultPart",
+    "ToolUsePart",
+    "Usage",
+    "UsageUpdate",
+    "counts_against_breaker",
+    "dialect_for",
+    "is_retryable",
+    "parks_limiter",
+    "parse_duration",
+    "parse_rate_limit_headers",
+    "parse_retry_after",
+    "policy",
+]

@@ -1,0 +1,176 @@
+"""Turning a provider's error signal (status, error type/code, message) into an `ErrorKind`.
+
+Every dialect extracts ``(status, type, code, message)`` from its own error body shape and
+calls `classify`, so the mapping from HTTP semantics to our taxonomy is written once. Order of
+evidence: the provider's explicit error type/code wins (Anthropic ``overloaded_error`` on a
+200 stream, OpenAI ``context_length_exceeded`` on a 400), then well-known message phrases
+(providers disagree on codes but agree on words), then the status code.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+from ._errors import ErrorKind
+from ._messages import Failure
+from ._ratelimit import parse_retry_after
+
+K = ErrorKind
+
+_BY_TYPE: dict[str, ErrorKind] = {
+    # OpenAI codes
+    "context_length_exceeded": K.CONTEXT_LENGTH,
+    "string_above_max_length": K.CONTEXT_LENGTH,
+    "content_filter": K.CONTENT_FILTER,
+    "content_policy_violation": K.CONTENT_FILTER,
+    "unsupported_parameter": K.UNSUPPORTED,
+    "unsupported_value": K.UNSUPPORTED,
+    "model_not_found": K.NOT_FOUND,
+    "invalid_api_key": K.AUTH,
+    "insufficient_quota": K.PERMISSION,
+    "rate_limit_exceeded": K.RATE_LIMITED,
+    "server_error": K.SERVER_ERROR,
+    # Anthropic types
+    "overloaded_error": K.OVERLOADED,
+    "api_error": K.SERVER_ERROR,
+    "rate_limit_error": K.RATE_LIMITED,
+    "authentication_error": K.AUTH,
+    "permission_error": K.PERMISSION,
+    "billing_error": K.PERMISSION,
+    "not_found_error": K.NOT_FOUND,
+    "request_too_large": K.CONTEXT_LENGTH,
+    "timeout_error": K.TIMEOUT,
+    # Google RPC statuses
+    "UNAUTHENTICATED": K.AUTH,
+    "PERMISSION_DENIED": K.PERMISSION,
+    "NOT_FOUND": K.NOT_FOUND,
+    "RESOURCE_EXHAUSTED": K.RATE_LIMITED,
+    "UNAVAILABLE": K.OVERLOADED,
+    "INTERNAL": K.SERVER_ERROR,
+    "DEADLINE_EXCEEDED": K.TIMEOUT,
+}
+
+_CONTEXT = re.compile(
+    r"context[ _-]?(length|window)|maximum context|prompt is too long|input is too long"
+    r"|too many (input )?tokens|exceeds? the (maximum|max) (number of )?tokens"
+    r"|input token count.*exceeds",
+    re.IGNORECASE,
+)
+_FILTER = re.compile(
+    r"content[ _-]?(filter|policy|management)|safety (system|filter)|flagged", re.IGNORECASE
+)
+_UNSUPPORTED = re.compile(r"does not support|not supported|unsupported", re.IGNORECASE)
+
+MAX_MESSAGE = 500
+
+
+def classify(status: int, *, type_: str | None, code: str | None, message: str) -> ErrorKind:
+    """The kind of an error with HTTP *status*, the provider's error *type_* / *code*, and its
+    human *message* (any of which may be empty)."""
+    for key in (code, type_):
+        if key and key in _BY_TYPE:
+            kind = _BY_TYPE[key]
+            # Gemini uses RESOURCE_EXHAUSTED both for rate limits (429) and exhausted prepaid
+            # credit (402); the status tells them apart.
+            if kind is K.RATE_LIMITED and status == 402:
+                return K.PERMISSION
+            return kind
+    if status in (400, 404, 413, 422) or 200 <= status < 300:
+        if _CONTEXT.search(message):
+            return K.CONTEXT_LENGTH
+        if _FILTER.search(message):
+            return K.CONTENT_FILTER
+        if status in (400, 422) and _UNSUPPORTED.search(message):
+            return K.UNSUPPORTED
+    return _by_status(status)
+
+
+def _by_status(status: int) -> ErrorKind:
+    if status == 429:
+        return K.RATE_LIMITED
+    if status == 401:
+        return K.AUTH
+    if status in (402, 403):
+        return K.PERMISSION
+    if status == 404:
+        return K.NOT_FOUND
+    if status == 408:
+        return K.TIMEOUT
+    if status == 413:
+        return K.CONTEXT_LENGTH
+    if status in (503, 529):
+        return K.OVERLOADED
+    if status >= 500 or status == 409:
+        return K.SERVER_ERROR
+    if 200 <= status < 300:
+        # An error object inside a successful response: the provider failed mid-way.
+        return K.SERVER_ERROR
+    return K.BAD_REQUEST
+
+
+def loads(body: bytes | str) -> Any:
+    """JSON from a peer, or ``None`` when it is not JSON. Never raises."""
+    try:
+        return msgspec.json.decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+
+
+def text_of(body: bytes, limit: int = MAX_MESSAGE) -> str:
+    """A short, printable excerpt of a body that was not the JSON we expected."""
+    text = body[: limit * 4].decode("utf-8", "replace").strip()
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text or "(empty body)"
+
+
+def clip(message: str, limit: int = MAX_MESSAGE) -> str:
+    return message if len(message) <= limit else message[: limit - 1] + "…"
+
+
+def str_or_none(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float | bool):
+        return str(value)
+    return None
+
+
+def error_failure(
+    status: int,
+    headers: Mapping[str, str],
+    *,
+    type_: str | None,
+    code: str | None,
+    message: str,
+    retry_after: float | None = None,
+    now: float = 0.0,
+) -> Failure:
+    """A `Failure` for a provider error. ``retry_after`` from the body (Gemini's RetryInfo)
+    is used when the headers give none. *now* (epoch seconds) resolves HTTP-date
+    ``retry-after`` values; callers without a clock pass 0 and such dates are then ignored."""
+    kind = classify(status, type_=type_, code=code, message=message)
+    header_delay = parse_retry_after(headers, now=now) if now else _numeric_retry_after(headers)
+    prefix = f"HTTP {status}" if not 200 <= status < 300 else "error event"
+    return Failure.of(
+        kind,
+        clip(f"{prefix}: {message}" if message else prefix),
+        status=status,
+        code=code or type_,
+        retry_after=header_delay if header_delay is not None else retry_after,
+    )
+
+
+def _numeric_retry_after(headers: Mapping[str, str]) -> float | None:
+    delay = parse_retry_after(headers, now=0.0)
+    # With now=0 an HTTP-date resolves to "seconds since 1970": not a useful delay.
+    if delay is not None and delay > 10 * 365 * 86400:
+        return None
+    return delay

@@ -1,0 +1,284 @@
+"""The configuration schema: connections (the seed documents' ``connect`` block), routes and
+the gateway, as typed msgspec Structs.
+
+These are plain data, validated by msgspec when loaded (see ``_config_load``): a bad value is
+reported with the file, the key path and what was expected, never as a crash deep inside the
+runtime. Defaults match the official SDKs where a provider has an opinion (3 attempts, 0.5 s
+doubling to 8 s) and are otherwise conservative.
+
+API keys are `Secret` values. A `Secret` never shows its value through ``repr``, ``str``,
+f-strings, logging or msgspec encoding; the only way to the value is ``reveal()``, called by
+the dialect that builds the HTTP request.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+from ._errors import ErrorKind
+
+ProviderName = Literal["openai", "anthropic", "gemini", "ollama"]
+"""The wire dialects. Every OpenAI-compatible server (Groq, OpenRouter, DeepSeek, vLLM, TGI,
+Ollama's ``/v1``) is ``openai`` with its own ``base_url``."""
+
+
+class Secret:
+    """A secret string (an API key, a gateway token) that never shows itself.
+
+    ``repr()``/``str()`` give ``Secret('***')``; msgspec encodes it as ``"***"``. Equality
+    compares values in constant time, so a `Secret` can be checked against a presented token.
+    """
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """The secret value. Call only where it must go on the wire."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __format__(self, spec: str) -> str:
+        return repr(self)
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __eq__(self, other: object) -> bool:
+        import hmac
+
+        if isinstance(other, Secret):
+            other = other._value
+        if not isinstance(other, str):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other.encode())
+
+    def __hash__(self) -> int:
+        return hash((Secret, len(self._value)))
+
+    def __reduce__(self) -> Any:
+        raise TypeError("Secret values cannot be pickled")
+
+
+class _Conf(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of config structs: immutable, keyword-only, and strict about unknown keys (a typo
+    in a config file is an error, not a silently ignored setting)."""
+
+
+Backoff = Literal["none", "linear", "exponential"]
+
+
+class RetryConfig(_Conf):
+    """How one connection retries a failed attempt.
+
+    ``max_attempts`` counts the first attempt. Delay before retry *n* (1-based) is
+    ``initial_delay_ms`` (none: 0; linear: × n; exponential: × 2**(n-1)), capped at
+    ``max_delay_ms``, with full jitter down to ``(1 - jitter)`` of it. A provider's
+    Retry-After is honoured up to ``max_retry_after_s``; a longer one ends the attempts.
+    ``budget_ratio`` caps retries at that fraction of first attempts over ``budget_window_s``,
+    so retries cannot multiply the load on a provider that is down.
+    """
+
+    max_attempts: int = 3
+    backoff: Backoff = "exponential"
+    initial_delay_ms: int = 500
+    max_delay_ms: int = 8000
+    jitter: float = 0.25
+    retry_on: tuple[ErrorKind, ...] = (
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.OVERLOADED,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.STREAM_INTERRUPTED,
+        ErrorKind.PROTOCOL,
+    )
+    max_retry_after_s: float = 60.0
+    budget_ratio: float = 0.2
+    budget_window_s: float = 10.0
+    budget_min_retries: int = 10
+
+
+class RateLimitConfig(_Conf):
+    """Client-side limits for one connection; ``None`` means no limit of that kind."""
+
+    requests_per_minute: int | None = None
+    tokens_per_minute: int | None = None
+    concurrent_requests: int | None = None
+
+
+BreakerWindow = Literal["count", "time"]
+
+
+class BreakerConfig(_Conf):
+    """The connection's circuit breaker (semantics of resilience4j's, defaults included).
+
+    The window holds the last ``window_size`` calls (``count``) or the calls of the last
+    ``window_size`` seconds (``time``). Once it holds ``minimum_calls``, the breaker opens when
+    the failure rate or the slow-call rate (calls over ``slow_call_s``) reaches its threshold
+    (percent). It stays open ``open_s``, growing by ``open_backoff`` after each failed probe up
+    to ``max_open_s``; then lets ``half_open_probes`` calls through. A half-open state that
+    sees no verdict for ``half_open_timeout_s`` re-opens.
+    """
+
+    enabled: bool = True
+    window: BreakerWindow = "count"
+    window_size: int = 20
+    minimum_calls: int = 10
+    failure_rate: float = 50.0
+    slow_call_rate: float = 100.0
+    slow_call_s: float = 60.0
+    open_s: float = 30.0
+    open_backoff: float = 2.0
+    max_open_s: float = 300.0
+    half_open_probes: int = 1
+    half_open_timeout_s: float = 60.0
+
+
+class MailboxConfig(_Conf):
+    """The connection's bounded mailbox. ``when_full``: ``wait`` (backpressure, bounded by the
+    caller's deadline) or ``reject`` (an immediate ``queue_full`` failure)."""
+
+    capacity: int = 64
+    when_full: Literal["wait", "reject"] = "wait"
+
+
+class Price(_Conf):
+    """Price of a model, per million tokens."""
+
+    input: float = 0.0
+    output: float = 0.0
+    cache_read: float | None = None
+
+
+class TimeoutConfig(_Conf):
+    """Time limits of one attempt, in seconds (``None``: no limit of that kind)."""
+
+    connect: float | None = 10.0
+    first_token: float | None = None
+    stall: float | None = None
+
+
+class ConnectionConfig(_Conf):
+    """One provider connection (a ``connect`` block).
+
+    ``models`` maps aliases to provider model names; ``serves`` lists extra model names or
+    glob patterns (``gpt-4o*``) this connection can serve. ``timeout`` is the default
+    end-to-end budget of a request in seconds; ``timeouts`` holds the per-attempt limits.
+    ``base_url`` and ``api_version`` default per provider. ``supports_prefill`` declares that
+    the model accepts a trailing assistant message to continue from.
+    """
+
+    name: str = ""
+    provider: ProviderName = "openai"
+    api_key: Secret | None = None
+    base_url: str = ""
+    default_model: str | None = None
+    models: dict[str, str] = {}
+    serves: list[str] = []
+    timeout: float = 60.0
+    timeouts: TimeoutConfig = TimeoutConfig()
+    retry: RetryConfig = RetryConfig()
+    rate_limit: RateLimitConfig = RateLimitConfig()
+    breaker: BreakerConfig = BreakerConfig()
+    mailbox: MailboxConfig = MailboxConfig()
+    headers: dict[str, str] = {}
+    organization: str | None = None
+    project: str | None = None
+    api_version: str | None = None
+    default_max_tokens: int = 4096
+    supports_prefill: bool = False
+    priority: int = 0
+    weight: float = 1.0
+    prices: dict[str, Price] = {}
+
+    def resolve_model(self, model: str | None) -> str:
+        """The provider model name for *model* (an alias, a name, or ``None`` for the default)."""
+        if not model:
+            return self.default_model or ""
+        return self.models.get(model, model)
+
+
+RouteStrategy = Literal["priority", "weighted", "least_busy", "lowest_latency"]
+MidStreamPolicy = Literal["fail", "restart", "continue"]
+
+
+class Target(_Conf):
+    """One place a route can send a request: a connection and a model (or alias) on it."""
+
+    connection: str
+    model: str | None = None
+    priority: int | None = None
+    weight: float | None = None
+
+
+class RouteConfig(_Conf):
+    """A model name clients use, mapped to targets.
+
+    ``failover_on`` lists the kinds that move a request to the next target after the
+    connection's own retries; ``context_fallback`` names a route (or model) with a larger
+    context for ``context_length`` failures; ``hedge_after_s`` starts the next target when no
+    first token came within that time (``"auto"`` learns it from observed latencies).
+    """
+
+    targets: list[Target]
+    strategy: RouteStrategy = "priority"
+    failover_on: tuple[ErrorKind, ...] = (
+        ErrorKind.RATE_LIMITED,
+        ErrorKind.OVERLOADED,
+        ErrorKind.SERVER_ERROR,
+        ErrorKind.TIMEOUT,
+        ErrorKind.CONNECTION,
+        ErrorKind.STREAM_INTERRUPTED,
+        ErrorKind.PROTOCOL,
+        ErrorKind.CIRCUIT_OPEN,
+        ErrorKind.QUEUE_FULL,
+        ErrorKind.CRASHED,
+        ErrorKind.NOT_FOUND,
+        ErrorKind.UNSUPPORTED,
+    )
+    context_fallback: str | None = None
+    mid_stream: MidStreamPolicy = "fail"
+    hedge_after_s: float | Literal["auto"] | None = None
+
+
+class GatewayConfig(_Conf):
+    """The WebSocket gateway. ``tokens`` are the accepted bearer tokens (none: no auth, only
+    allowed on loopback hosts)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8765
+    tokens: list[Secret] = []
+    max_frame_bytes: int = 1_048_576
+    max_concurrent_per_client: int = 64
+    handshake_timeout_s: float = 10.0
+    slow_client_timeout_s: float = 30.0
+    ping_interval_s: float = 20.0
+    send_buffer: int = 32
+
+
+class RuntimeSettings(_Conf):
+    """Runtime-wide settings."""
+
+    shutdown_timeout_s: float = 10.0
+    log_prompts: bool = False
+    restart_intensity: int = 3
+    restart_period_s: float = 5.0
+
+
+class RuntimeConfig(_Conf):
+    """Everything ``open_runtime`` needs: connections by name, routes by model name, and the
+    optional gateway."""
+
+    connections: dict[str, ConnectionConfig] = {}
+    routes: dict[str, RouteConfig] = {}
+    gateway: GatewayConfig | None = None
+    runtime: RuntimeSettings = RuntimeSettings()
