@@ -37,8 +37,8 @@ from ._messages import ChatRequest as ChatRequest
 from ._messages import Completion as Completion
 from ._messages import ContentPart as ContentPart
 from ._messages import DecodedItem as DecodedItem
-from ._messages import EmbedRequest as EmbedRequest
 from ._messages import Embeddings as Embeddings
+from ._messages import EmbedRequest as EmbedRequest
 from ._messages import Failure as Failure
 from ._messages import Finished as Finished
 from ._messages import FinishReason as FinishReason

@@ -25,8 +25,8 @@ from ._messages import (
     ChatRequest,
     Completion,
     DecodedItem,
-    EmbedRequest,
     Embeddings,
+    EmbedRequest,
     Failure,
 )
 
@@ -77,6 +77,9 @@ class Dialect(Protocol):
     """One provider's wire format. All methods are pure."""
 
     name: ProviderName
+    supports_embeddings: bool
+    """False for providers without an embeddings API (Anthropic); ``embed_request`` then
+    raises `ProtocolError` with an ``unsupported`` failure."""
 
     def chat_request(
         self, request: ChatRequest, conn: ConnectionConfig, *, model: str, stream: bool

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "providers"
+SHARED_FIXTURES = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures" / "providers"
+)
 
 
 @pytest.fixture

@@ -79,7 +79,8 @@ def test_all_is_sorted_and_complete(name: str) -> None:
     public = {
         attr
         for attr, value in vars(module).items()
-        if not attr.startswith("_") and not isinstance(value, types.ModuleType)
+        if not attr.startswith("_")
+        and not isinstance(value, types.ModuleType)
         and attr not in {"annotations"}
     }
     assert public == set(exported), f"{name}: public names not in __all__: {public - set(exported)}"
