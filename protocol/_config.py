@@ -75,7 +75,7 @@ class _Conf(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
 Backoff = Literal["none", "linear", "exponential"]
 
 
-class RetryConfig(_Conf):
+class RetryConfig(_Conf, frozen=True):
     """How one connection retries a failed attempt.
 
     ``max_attempts`` counts the first attempt. Delay before retry *n* (1-based) is
@@ -106,7 +106,7 @@ class RetryConfig(_Conf):
     budget_min_retries: int = 10
 
 
-class RateLimitConfig(_Conf):
+class RateLimitConfig(_Conf, frozen=True):
     """Client-side limits for one connection; ``None`` means no limit of that kind."""
 
     requests_per_minute: int | None = None
@@ -117,7 +117,7 @@ class RateLimitConfig(_Conf):
 BreakerWindow = Literal["count", "time"]
 
 
-class BreakerConfig(_Conf):
+class BreakerConfig(_Conf, frozen=True):
     """The connection's circuit breaker (semantics of resilience4j's, defaults included).
 
     The window holds the last ``window_size`` calls (``count``) or the calls of the last
@@ -142,7 +142,7 @@ class BreakerConfig(_Conf):
     half_open_timeout_s: float = 60.0
 
 
-class MailboxConfig(_Conf):
+class MailboxConfig(_Conf, frozen=True):
     """The connection's bounded mailbox. ``when_full``: ``wait`` (backpressure, bounded by the
     caller's deadline) or ``reject`` (an immediate ``queue_full`` failure)."""
 
@@ -150,7 +150,7 @@ class MailboxConfig(_Conf):
     when_full: Literal["wait", "reject"] = "wait"
 
 
-class Price(_Conf):
+class Price(_Conf, frozen=True):
     """Price of a model, per million tokens."""
 
     input: float = 0.0
@@ -158,7 +158,7 @@ class Price(_Conf):
     cache_read: float | None = None
 
 
-class TimeoutConfig(_Conf):
+class TimeoutConfig(_Conf, frozen=True):
     """Time limits of one attempt, in seconds (``None``: no limit of that kind)."""
 
     connect: float | None = 10.0
@@ -166,7 +166,7 @@ class TimeoutConfig(_Conf):
     stall: float | None = None
 
 
-class ConnectionConfig(_Conf):
+class ConnectionConfig(_Conf, frozen=True):
     """One provider connection (a ``connect`` block).
 
     ``models`` maps aliases to provider model names; ``serves`` lists extra model names or
@@ -210,7 +210,7 @@ RouteStrategy = Literal["priority", "weighted", "least_busy", "lowest_latency"]
 MidStreamPolicy = Literal["fail", "restart", "continue"]
 
 
-class Target(_Conf):
+class Target(_Conf, frozen=True):
     """One place a route can send a request: a connection and a model (or alias) on it."""
 
     connection: str
@@ -219,7 +219,7 @@ class Target(_Conf):
     weight: float | None = None
 
 
-class RouteConfig(_Conf):
+class RouteConfig(_Conf, frozen=True):
     """A model name clients use, mapped to targets.
 
     ``failover_on`` lists the kinds that move a request to the next target after the
@@ -249,7 +249,7 @@ class RouteConfig(_Conf):
     hedge_after_s: float | Literal["auto"] | None = None
 
 
-class GatewayConfig(_Conf):
+class GatewayConfig(_Conf, frozen=True):
     """The WebSocket gateway. ``tokens`` are the accepted bearer tokens (none: no auth, only
     allowed on loopback hosts)."""
 
@@ -265,7 +265,7 @@ class GatewayConfig(_Conf):
     send_buffer: int = 32
 
 
-class RuntimeSettings(_Conf):
+class RuntimeSettings(_Conf, frozen=True):
     """Runtime-wide settings."""
 
     shutdown_timeout_s: float = 10.0
@@ -274,7 +274,7 @@ class RuntimeSettings(_Conf):
     restart_period_s: float = 5.0
 
 
-class RuntimeConfig(_Conf):
+class RuntimeConfig(_Conf, frozen=True):
     """Everything ``open_runtime`` needs: connections by name, routes by model name, and the
     optional gateway."""
 

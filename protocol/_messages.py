@@ -46,13 +46,13 @@ class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=F
 # --------------------------------------------------------------------------- content parts
 
 
-class TextPart(_Frozen, tag="text", tag_field="type"):
+class TextPart(_Frozen, frozen=True, tag="text", tag_field="type"):
     """Plain text."""
 
     text: str
 
 
-class ImagePart(_Frozen, tag="image", tag_field="type"):
+class ImagePart(_Frozen, frozen=True, tag="image", tag_field="type"):
     """An image given either by URL or inline as base64 ``data`` with its ``media_type``."""
 
     url: str | None = None
@@ -60,7 +60,7 @@ class ImagePart(_Frozen, tag="image", tag_field="type"):
     media_type: str = "image/png"
 
 
-class ToolUsePart(_Frozen, tag="tool_use", tag_field="type"):
+class ToolUsePart(_Frozen, frozen=True, tag="tool_use", tag_field="type"):
     """The assistant asked to call a tool (a past turn replayed in the conversation)."""
 
     id: str
@@ -68,7 +68,7 @@ class ToolUsePart(_Frozen, tag="tool_use", tag_field="type"):
     arguments: dict[str, Any] = {}
 
 
-class ToolResultPart(_Frozen, tag="tool_result", tag_field="type"):
+class ToolResultPart(_Frozen, frozen=True, tag="tool_result", tag_field="type"):
     """The result of a tool call. ``name`` is the tool's name (Gemini and Ollama need it)."""
 
     tool_use_id: str
@@ -80,7 +80,7 @@ class ToolResultPart(_Frozen, tag="tool_result", tag_field="type"):
 ContentPart = TextPart | ImagePart | ToolUsePart | ToolResultPart
 
 
-class Message(_Frozen):
+class Message(_Frozen, frozen=True):
     """One turn of a conversation.
 
     ``content`` is a plain string or a list of parts. Tool results are sent as ``role="tool"``
@@ -97,7 +97,7 @@ class Message(_Frozen):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class Tool(_Frozen):
+class Tool(_Frozen, frozen=True):
     """A function the model may call. ``parameters`` is a JSON Schema object."""
 
     name: str
@@ -105,7 +105,7 @@ class Tool(_Frozen):
     parameters: dict[str, Any] = {}
 
 
-class ResponseFormat(_Frozen):
+class ResponseFormat(_Frozen, frozen=True):
     """Structured output: ``text``, any ``json_object``, or a ``json_schema`` named ``name``."""
 
     type: Literal["text", "json_object", "json_schema"] = "text"
@@ -117,7 +117,7 @@ class ResponseFormat(_Frozen):
 # --------------------------------------------------------------------------- requests
 
 
-class ChatRequest(_Frozen):
+class ChatRequest(_Frozen, frozen=True):
     """A chat completion request, provider-neutral.
 
     ``model`` is a model name, an alias, or a route name; the router resolves it. ``timeout`` is
@@ -145,7 +145,7 @@ class ChatRequest(_Frozen):
     extra: dict[str, Any] = {}
 
 
-class EmbedRequest(_Frozen):
+class EmbedRequest(_Frozen, frozen=True):
     """An embeddings request for one or more input texts."""
 
     model: str
@@ -161,7 +161,7 @@ class EmbedRequest(_Frozen):
 # --------------------------------------------------------------------------- results
 
 
-class Usage(_Frozen):
+class Usage(_Frozen, frozen=True):
     """Token counts of one attempt (or the sum of several)."""
 
     input_tokens: int = 0
@@ -184,7 +184,7 @@ class Usage(_Frozen):
         )
 
 
-class ToolCall(_Frozen):
+class ToolCall(_Frozen, frozen=True):
     """A tool call the model made. ``arguments`` is the JSON text exactly as produced
     (it may be invalid JSON when the output was cut at ``max_tokens``)."""
 
@@ -200,7 +200,7 @@ class ToolCall(_Frozen):
         return msgspec.json.decode(self.arguments or "{}")
 
 
-class Completion(_Frozen):
+class Completion(_Frozen, frozen=True):
     """The final answer to a `ChatRequest`.
 
     ``connection`` and ``model`` name who actually answered (after routing and failover);
@@ -224,7 +224,7 @@ class Completion(_Frozen):
     cost: float | None = None
 
 
-class Embeddings(_Frozen):
+class Embeddings(_Frozen, frozen=True):
     """The answer to an `EmbedRequest`: one vector per input, in order."""
 
     vectors: list[list[float]]
@@ -237,7 +237,7 @@ class Embeddings(_Frozen):
     cost: float | None = None
 
 
-class Failure(_Frozen):
+class Failure(_Frozen, frozen=True):
     """A typed terminal failure. Every request ends with a `Completion` or exactly one of these.
 
     ``status`` is the provider's HTTP status when there was one; ``retry_after`` is seconds the
@@ -268,19 +268,19 @@ class Failure(_Frozen):
 # --------------------------------------------------------------------------- stream events
 
 
-class TextDelta(_Frozen, tag="text_delta", tag_field="type"):
+class TextDelta(_Frozen, frozen=True, tag="text_delta", tag_field="type"):
     """A piece of the answer's text."""
 
     text: str
 
 
-class ReasoningDelta(_Frozen, tag="reasoning_delta", tag_field="type"):
+class ReasoningDelta(_Frozen, frozen=True, tag="reasoning_delta", tag_field="type"):
     """A piece of the model's visible reasoning ("thinking"), when the provider streams it."""
 
     text: str
 
 
-class ToolCallDelta(_Frozen, tag="tool_call_delta", tag_field="type"):
+class ToolCallDelta(_Frozen, frozen=True, tag="tool_call_delta", tag_field="type"):
     """A fragment of tool call number ``index``: the first carries ``id`` and ``name``;
     ``arguments`` pieces concatenate, in order, into the call's JSON arguments."""
 
@@ -290,13 +290,13 @@ class ToolCallDelta(_Frozen, tag="tool_call_delta", tag_field="type"):
     arguments: str = ""
 
 
-class UsageUpdate(_Frozen, tag="usage", tag_field="type"):
+class UsageUpdate(_Frozen, frozen=True, tag="usage", tag_field="type"):
     """Usage so far (cumulative for the attempt, not an increment)."""
 
     usage: Usage
 
 
-class Finished(_Frozen, tag="finished", tag_field="type"):
+class Finished(_Frozen, frozen=True, tag="finished", tag_field="type"):
     """The stream ended normally. ``usage`` is the attempt's final usage."""
 
     finish_reason: FinishReason = "stop"
@@ -305,7 +305,7 @@ class Finished(_Frozen, tag="finished", tag_field="type"):
     response_id: str = ""
 
 
-class Restart(_Frozen, tag="restart", tag_field="type"):
+class Restart(_Frozen, frozen=True, tag="restart", tag_field="type"):
     """The stream restarts on another target: discard all text and tool calls received so far."""
 
     reason: str
