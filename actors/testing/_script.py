@@ -23,7 +23,8 @@ A script that ends without `Reset`/`Hang` ends the body cleanly.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import NamedTuple, Protocol
 
 
 class Head(NamedTuple):
@@ -57,3 +58,32 @@ class Script(NamedTuple):
     steps: list[Step]
     attempt: int
     fault: str
+
+
+Outcome = str
+"""How an attempt ended, as the shell saw it: ``"completed"`` (the script ran to its end),
+``"reset"`` (the script reset the connection), ``"hung"`` (the script hung and the client
+went away), ``"client_closed"`` (the client went away before the script ended)."""
+
+
+class ScriptSource(Protocol):
+    """What a shell needs from the core: a script per request, and a report of how it ended.
+
+    ``now`` is seconds since the provider started (the shell's clock: ``trio.current_time()``
+    minus its start time, so it is virtual under ``autojump_clock``); ``wall`` is the
+    wall-clock time in epoch seconds (for absolute reset headers).
+    """
+
+    def respond(
+        self,
+        *,
+        method: str,
+        path: str,
+        query: str,
+        headers: Mapping[str, str],
+        body: bytes,
+        now: float,
+        wall: float,
+    ) -> Script: ...
+
+    def finish(self, attempt: int, *, outcome: Outcome, now: float, bytes_sent: int) -> None: ...
