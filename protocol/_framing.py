@@ -25,14 +25,28 @@ grow our memory without bound; the decoder reports it as a protocol error instea
 
 from __future__ import annotations
 
+from typing import Any
+
 SSEEvent = tuple[str, bytes]
 """``(event_name, data)``; the name is ``"message"`` when the stream gave none."""
 
 DEFAULT_MAX_BUFFER = 4 * 1024 * 1024
 
+_BOM = b"\xef\xbb\xbf"
+
 
 class FramingError(Exception):
-    """The byte stream broke the framing rules (for example a line over the buffer limit)."""
+    """The byte stream broke the framing rules (a line, or an event's data, over the buffer
+    limit).
+
+    ``events`` holds what the failing ``feed`` call completed before the offending line (SSE
+    events or NDJSON lines), so a caller that delivers them before reporting the error sees
+    the same items however the body was split. The parser must not be fed after this.
+    """
+
+    def __init__(self, message: str, events: list[Any] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[Any] = events if events is not None else []
 
 
 class SSEParser:
@@ -41,20 +55,38 @@ class SSEParser:
     At ``close()`` the standard drops an event that lacked its terminating blank line; we
     dispatch it instead, as the official SDKs do (several real recordings end that way). A
     dialect tells a clean end from a cut one by its own terminator, not by framing.
+
+    Limits: a line, or the data of one event, longer than ``max_buffer`` bytes raises
+    `FramingError` (carrying the events completed before it). The check does not depend on how
+    the body was split: a complete over-long line fails exactly as a growing partial one does.
+    A UTF-8 byte order mark at the very start of the stream is skipped, as the standard says.
     """
 
-    __slots__ = ("_buf", "_data", "_event", "_max", "_skip_lf")
+    __slots__ = ("_buf", "_data", "_event", "_max", "_size", "_skip_lf", "_start")
 
     def __init__(self, *, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         self._buf = b""
         self._data: list[bytes] = []
+        self._size = 0
         self._event = ""
         self._skip_lf = False
+        self._start = True
         self._max = max_buffer
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         if not chunk:
             return []
+        if self._start:
+            # Until three bytes have arrived we cannot tell a BOM from data.
+            head = self._buf + chunk
+            if len(head) < 3 and _BOM.startswith(head):
+                self._buf = head
+                return []
+            self._start = False
+            self._buf = b""
+            chunk = head[3:] if head.startswith(_BOM) else head
+            if not chunk:
+                return []
         if self._skip_lf:
             self._skip_lf = False
             if chunk[:1] == b"\n":
@@ -67,34 +99,47 @@ class SSEParser:
         end = buf.rfind(b"\n")
         if end < 0:
             if len(buf) > self._max:
-                raise FramingError(f"an SSE line exceeded {self._max} bytes")
+                raise FramingError(self._too_long())
             self._buf = buf
             return []
         self._buf = buf[end + 1 :]
+        events = self._lines(buf[:end].split(b"\n"))
         if len(self._buf) > self._max:
-            raise FramingError(f"an SSE line exceeded {self._max} bytes")
-        return self._lines(buf[:end].split(b"\n"))
+            raise FramingError(self._too_long(), events)
+        return events
 
     def close(self) -> list[SSEEvent]:
         """End of body: process a final line that lacked its line end and dispatch an event
         that lacked its blank line."""
         rest, self._buf = self._buf, b""
+        self._start = False
         return self._lines([rest, b""] if rest else [b""])
+
+    def _too_long(self) -> str:
+        return f"an SSE line or event exceeded {self._max} bytes"
 
     def _lines(self, lines: list[bytes]) -> list[SSEEvent]:
         out: list[SSEEvent] = []
         data = self._data
+        size = self._size
+        limit = self._max
         for line in lines:
             if not line:
                 if data:
                     out.append((self._event or "message", b"\n".join(data)))
                     data.clear()
+                size = 0
                 self._event = ""
                 continue
-            if line[:5] == b"data:":
-                value = line[5:]
-                data.append(value[1:] if value[:1] == b" " else value)
+            if line.startswith(b"data:"):
+                # The whole line counts, so a long line fails whether it arrived whole or not.
+                size += len(line)
+                if size > limit:
+                    raise FramingError(self._too_long(), out)
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
                 continue
+            if len(line) > limit:
+                raise FramingError(self._too_long(), out)
             colon = line.find(b":")
             if colon == 0:
                 continue  # comment
@@ -105,9 +150,11 @@ class SSEParser:
                 if value[:1] == b" ":
                     value = value[1:]
             if name == b"data":
+                size += len(line)
                 data.append(value)
             elif name == b"event":
                 self._event = value.decode("utf-8", "replace")
+        self._size = size
         return out
 
 
@@ -115,7 +162,8 @@ class LineSplitter:
     """Incremental NDJSON framing: ``feed(bytes) -> [lines]``; ``close() -> [last line]``.
 
     Blank lines are skipped; ``close()`` returns a final line that lacked its ``\\n`` (Ollama
-    often omits it).
+    often omits it). A line longer than ``max_buffer`` raises `FramingError` (carrying the lines
+    completed before it), whether it arrived whole or in pieces.
     """
 
     __slots__ = ("_buf", "_max")
@@ -133,9 +181,18 @@ class LineSplitter:
             self._buf = buf
             return []
         self._buf = buf[end + 1 :]
+        lines = buf[:end].split(b"\n")
+        if end > self._max:  # only then can a complete line be too long
+            for i, line in enumerate(lines):
+                if len(line) > self._max:
+                    raise FramingError(
+                        f"an NDJSON line exceeded {self._max} bytes",
+                        [x for x in lines[:i] if x.strip()],
+                    )
+        out = [line for line in lines if line.strip()]
         if len(self._buf) > self._max:
-            raise FramingError(f"an NDJSON line exceeded {self._max} bytes")
-        return [line for line in buf[:end].split(b"\n") if line.strip()]
+            raise FramingError(f"an NDJSON line exceeded {self._max} bytes", out)
+        return out
 
     def close(self) -> list[bytes]:
         rest, self._buf = self._buf, b""

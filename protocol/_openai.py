@@ -323,13 +323,17 @@ class OpenAIStreamDecoder:
         try:
             events = self._sse.feed(chunk)
         except FramingError as exc:
-            return self._fail(_protocol_failure(f"malformed chunk: {exc}", self._usage))
+            return self._framing_failure(exc)
         return self._events(events) if events else []
 
     def close(self) -> list[DecodedItem]:
         if self._done:
             return []
-        out = self._events(self._sse.close())
+        try:
+            events = self._sse.close()
+        except FramingError as exc:
+            return self._framing_failure(exc)
+        out = self._events(events)
         if self.done:  # the final event was [DONE] or an error (the property defeats narrowing)
             return out
         if self._finish is None:
@@ -346,9 +350,14 @@ class OpenAIStreamDecoder:
         self._done = True
         return out
 
-    def _fail(self, failure: Failure) -> list[DecodedItem]:
-        self._done = True
-        return [failure]
+    def _framing_failure(self, exc: FramingError) -> list[DecodedItem]:
+        # Deliver what was complete before the bad line: the items then do not depend on how
+        # the body was split.
+        out = self._events(exc.events)
+        if not self.done:
+            out.append(_protocol_failure(f"malformed chunk: {exc}", self._usage))
+            self._done = True
+        return out
 
     def _events(self, events: list[tuple[str, bytes]]) -> list[DecodedItem]:
         out: list[DecodedItem] = []
