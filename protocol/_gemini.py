@@ -374,8 +374,8 @@ def _model_path(model: str) -> str:
     return model if "/" in model else f"models/{model}"
 
 
-def _headers(conn: ConnectionConfig) -> dict[str, str]:
-    headers = {"content-type": "application/json"}
+def _headers(conn: ConnectionConfig, *, accept: str = "application/json") -> dict[str, str]:
+    headers = {"content-type": "application/json", "accept": accept}
     if conn.api_key:
         headers["x-goog-api-key"] = conn.api_key.reveal()
     headers.update(conn.headers)
@@ -487,8 +487,18 @@ def _chat_body(request: ChatRequest) -> dict[str, Any]:
         if mode is None:
             calling["allowedFunctionNames"] = [request.tool_choice]
         body["toolConfig"] = {"functionCallingConfig": calling}
-    body.update(request.extra)
+    _merge_extra(body, request.extra)
     return body
+
+
+def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Merge ``request.extra`` into *body* at the top level; a ``None`` value deletes the key
+    (the same rule as the other dialects)."""
+    for key, value in extra.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
 
 
 # --------------------------------------------------------------------------- the dialect
@@ -505,8 +515,9 @@ class GeminiDialect:
     ) -> HttpRequest:
         base = f"{_base_url(conn)}/{_model_path(model)}"
         url = f"{base}:streamGenerateContent?alt=sse" if stream else f"{base}:generateContent"
+        headers = _headers(conn, accept="text/event-stream" if stream else "application/json")
         return HttpRequest(
-            method="POST", url=url, headers=_headers(conn), body=_ENCODE(_chat_body(request))
+            method="POST", url=url, headers=headers, body=_ENCODE(_chat_body(request))
         )
 
     def parse_chat(self, body: bytes) -> Completion | Failure:
@@ -559,7 +570,7 @@ class GeminiDialect:
                     one["outputDimensionality"] = request.dimensions
                 requests.append(one)
             body = {"requests": requests}
-        body.update(request.extra)
+        _merge_extra(body, request.extra)
         return HttpRequest(method="POST", url=url, headers=_headers(conn), body=_ENCODE(body))
 
     def parse_embed(self, body: bytes) -> Embeddings | Failure:
