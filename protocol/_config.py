@@ -13,7 +13,7 @@ the dialect that builds the HTTP request.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -67,6 +67,28 @@ class Secret:
         raise TypeError("Secret values cannot be pickled")
 
 
+def secret_enc_hook(obj: Any) -> Any:
+    """A msgspec ``enc_hook`` that writes every `Secret` as ``"***"``.
+
+    ``msgspec.json.encode(config, enc_hook=secret_enc_hook)`` (or ``msgspec.to_builtins``)
+    gives a config dump that is safe to log or show: the secret values never appear. Raises
+    `NotImplementedError` for any other unsupported type, as msgspec expects.
+    """
+    if isinstance(obj, Secret):
+        return "***"
+    raise NotImplementedError(f"cannot encode objects of type {type(obj).__name__}")
+
+
+# Constrained numbers. msgspec checks these when a config is loaded (``_config_load``) or
+# decoded; constructing a Struct directly in Python does not check them.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0.0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0.0)]
+Fraction = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Percent = Annotated[float, msgspec.Meta(gt=0.0, le=100.0)]
+
+
 class _Conf(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of config structs: immutable, keyword-only, and strict about unknown keys (a typo
     in a config file is an error, not a silently ignored setting)."""
@@ -86,11 +108,11 @@ class RetryConfig(_Conf, frozen=True):
     so retries cannot multiply the load on a provider that is down.
     """
 
-    max_attempts: int = 3
+    max_attempts: PositiveInt = 3
     backoff: Backoff = "exponential"
-    initial_delay_ms: int = 500
-    max_delay_ms: int = 8000
-    jitter: float = 0.25
+    initial_delay_ms: NonNegativeInt = 500
+    max_delay_ms: NonNegativeInt = 8000
+    jitter: Fraction = 0.25
     retry_on: tuple[ErrorKind, ...] = (
         ErrorKind.RATE_LIMITED,
         ErrorKind.OVERLOADED,
@@ -100,18 +122,18 @@ class RetryConfig(_Conf, frozen=True):
         ErrorKind.STREAM_INTERRUPTED,
         ErrorKind.PROTOCOL,
     )
-    max_retry_after_s: float = 60.0
-    budget_ratio: float = 0.2
-    budget_window_s: float = 10.0
-    budget_min_retries: int = 10
+    max_retry_after_s: NonNegativeFloat = 60.0
+    budget_ratio: NonNegativeFloat = 0.2
+    budget_window_s: PositiveFloat = 10.0
+    budget_min_retries: NonNegativeInt = 10
 
 
 class RateLimitConfig(_Conf, frozen=True):
     """Client-side limits for one connection; ``None`` means no limit of that kind."""
 
-    requests_per_minute: int | None = None
-    tokens_per_minute: int | None = None
-    concurrent_requests: int | None = None
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    concurrent_requests: PositiveInt | None = None
 
 
 BreakerWindow = Literal["count", "time"]
@@ -130,40 +152,40 @@ class BreakerConfig(_Conf, frozen=True):
 
     enabled: bool = True
     window: BreakerWindow = "count"
-    window_size: int = 20
-    minimum_calls: int = 10
-    failure_rate: float = 50.0
-    slow_call_rate: float = 100.0
-    slow_call_s: float = 60.0
-    open_s: float = 30.0
-    open_backoff: float = 2.0
-    max_open_s: float = 300.0
-    half_open_probes: int = 1
-    half_open_timeout_s: float = 60.0
+    window_size: PositiveInt = 20
+    minimum_calls: PositiveInt = 10
+    failure_rate: Percent = 50.0
+    slow_call_rate: Percent = 100.0
+    slow_call_s: PositiveFloat = 60.0
+    open_s: PositiveFloat = 30.0
+    open_backoff: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
+    max_open_s: PositiveFloat = 300.0
+    half_open_probes: PositiveInt = 1
+    half_open_timeout_s: PositiveFloat = 60.0
 
 
 class MailboxConfig(_Conf, frozen=True):
     """The connection's bounded mailbox. ``when_full``: ``wait`` (backpressure, bounded by the
     caller's deadline) or ``reject`` (an immediate ``queue_full`` failure)."""
 
-    capacity: int = 64
+    capacity: PositiveInt = 64
     when_full: Literal["wait", "reject"] = "wait"
 
 
 class Price(_Conf, frozen=True):
     """Price of a model, per million tokens."""
 
-    input: float = 0.0
-    output: float = 0.0
-    cache_read: float | None = None
+    input: NonNegativeFloat = 0.0
+    output: NonNegativeFloat = 0.0
+    cache_read: NonNegativeFloat | None = None
 
 
 class TimeoutConfig(_Conf, frozen=True):
     """Time limits of one attempt, in seconds (``None``: no limit of that kind)."""
 
-    connect: float | None = 10.0
-    first_token: float | None = None
-    stall: float | None = None
+    connect: PositiveFloat | None = 10.0
+    first_token: PositiveFloat | None = None
+    stall: PositiveFloat | None = None
 
 
 class ConnectionConfig(_Conf, frozen=True):
@@ -183,7 +205,7 @@ class ConnectionConfig(_Conf, frozen=True):
     default_model: str | None = None
     models: dict[str, str] = {}
     serves: list[str] = []
-    timeout: float = 60.0
+    timeout: PositiveFloat = 60.0
     timeouts: TimeoutConfig = TimeoutConfig()
     retry: RetryConfig = RetryConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
@@ -193,10 +215,10 @@ class ConnectionConfig(_Conf, frozen=True):
     organization: str | None = None
     project: str | None = None
     api_version: str | None = None
-    default_max_tokens: int = 4096
+    default_max_tokens: PositiveInt = 4096
     supports_prefill: bool = False
     priority: int = 0
-    weight: float = 1.0
+    weight: NonNegativeFloat = 1.0
     prices: dict[str, Price] = {}
 
     def resolve_model(self, model: str | None) -> str:
@@ -216,7 +238,7 @@ class Target(_Conf, frozen=True):
     connection: str
     model: str | None = None
     priority: int | None = None
-    weight: float | None = None
+    weight: NonNegativeFloat | None = None
 
 
 class RouteConfig(_Conf, frozen=True):
@@ -246,7 +268,7 @@ class RouteConfig(_Conf, frozen=True):
     )
     context_fallback: str | None = None
     mid_stream: MidStreamPolicy = "fail"
-    hedge_after_s: float | Literal["auto"] | None = None
+    hedge_after_s: PositiveFloat | Literal["auto"] | None = None
 
 
 class GatewayConfig(_Conf, frozen=True):
@@ -255,23 +277,23 @@ class GatewayConfig(_Conf, frozen=True):
 
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8765
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     tokens: list[Secret] = []
-    max_frame_bytes: int = 1_048_576
-    max_concurrent_per_client: int = 64
-    handshake_timeout_s: float = 10.0
-    slow_client_timeout_s: float = 30.0
-    ping_interval_s: float = 20.0
-    send_buffer: int = 32
+    max_frame_bytes: PositiveInt = 1_048_576
+    max_concurrent_per_client: PositiveInt = 64
+    handshake_timeout_s: PositiveFloat = 10.0
+    slow_client_timeout_s: PositiveFloat = 30.0
+    ping_interval_s: PositiveFloat = 20.0
+    send_buffer: NonNegativeInt = 32
 
 
 class RuntimeSettings(_Conf, frozen=True):
     """Runtime-wide settings."""
 
-    shutdown_timeout_s: float = 10.0
+    shutdown_timeout_s: NonNegativeFloat = 10.0
     log_prompts: bool = False
-    restart_intensity: int = 3
-    restart_period_s: float = 5.0
+    restart_intensity: NonNegativeInt = 3
+    restart_period_s: PositiveFloat = 5.0
 
 
 class RuntimeConfig(_Conf, frozen=True):
