@@ -647,20 +647,20 @@ class _Loader:
         retry = conn.retry
         if retry.initial_delay_ms > retry.max_delay_ms:
             self.problem(
-                _join(path, "retry.initial_delay_ms"),
+                f"{path}.retry.initial_delay_ms",
                 f"expected at most max_delay_ms ({retry.max_delay_ms}), "
                 f"got {retry.initial_delay_ms}",
             )
         breaker = conn.breaker
         if breaker.window == "count" and breaker.minimum_calls > breaker.window_size:
             self.problem(
-                _join(path, "breaker.minimum_calls"),
+                f"{path}.breaker.minimum_calls",
                 f"expected at most window_size ({breaker.window_size}) with a count window, "
                 f"got {breaker.minimum_calls}: the breaker could never open",
             )
         if breaker.open_s > breaker.max_open_s:
             self.problem(
-                _join(path, "breaker.open_s"),
+                f"{path}.breaker.open_s",
                 f"expected at most max_open_s ({breaker.max_open_s}), got {breaker.open_s}",
             )
         for header in conn.headers:
