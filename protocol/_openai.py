@@ -179,8 +179,9 @@ _EMBED_DECODER: Final = msgspec.json.Decoder(_EmbedResponse)
 _ENCODER: Final = msgspec.json.Encoder()
 
 # What msgspec may raise on hostile input: bad JSON / wrong types (DecodeError, which
-# ValidationError subclasses) and absurd nesting (RecursionError).
-_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError)
+# ValidationError subclasses), absurd nesting (RecursionError) and, on some paths, invalid
+# UTF-8 (UnicodeDecodeError).
+_DECODE_ERRORS: Final = (msgspec.DecodeError, RecursionError, UnicodeDecodeError)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -333,22 +334,23 @@ class OpenAIStreamDecoder:
             events = self._sse.close()
         except FramingError as exc:
             return self._framing_failure(exc)
-        out = self._events(events)
+        out = self._events(events, final=True)
         if self.done:  # the final event was [DONE] or an error (the property defeats narrowing)
             return out
+        out.append(self._interrupted("the body ended"))
+        self._done = True
+        return out
+
+    def _interrupted(self, what: str) -> Failure:
         if self._finish is None:
             why = "no finish reason had arrived"
         else:
             why = f"after finish reason {self._finish!r}"
-        out.append(
-            Failure.of(
-                ErrorKind.STREAM_INTERRUPTED,
-                f"stream ended before [DONE] ({why})",
-                usage=self._usage,
-            )
+        return Failure.of(
+            ErrorKind.STREAM_INTERRUPTED,
+            f"stream ended before [DONE]: {what} ({why})",
+            usage=self._usage,
         )
-        self._done = True
-        return out
 
     def _framing_failure(self, exc: FramingError) -> list[DecodedItem]:
         # Deliver what was complete before the bad line: the items then do not depend on how
@@ -359,7 +361,9 @@ class OpenAIStreamDecoder:
             self._done = True
         return out
 
-    def _events(self, events: list[tuple[str, bytes]]) -> list[DecodedItem]:
+    def _events(self, events: list[tuple[str, bytes]], *, final: bool = False) -> list[DecodedItem]:
+        """Items for whole SSE *events*. ``final``: these were flushed by ``close()``, so an
+        undecodable one is a chunk cut by the end of the body, not a malformed one."""
         out: list[DecodedItem] = []
         append = out.append
         for name, data in events:
@@ -383,13 +387,14 @@ class OpenAIStreamDecoder:
             except _DECODE_ERRORS as exc:
                 if not data.strip():
                     continue  # an empty keep-alive event
-                append(_protocol_failure(f"malformed chunk: {exc}", self._usage))
+                if final:
+                    append(self._interrupted("the body ended inside a chunk"))
+                else:
+                    append(_protocol_failure(f"malformed chunk: {exc}", self._usage))
                 self._done = True
                 return out
             if chunk.error is not None:
-                append(
-                    _error_payload_failure({"error": chunk.error}, status=200, usage=self._usage)
-                )
+                append(_error_event_failure(data, self._usage))
                 self._done = True
                 return out
             if not self._response_id:
