@@ -184,11 +184,15 @@ def _finish(reason: str | None) -> FinishReason:
 
 
 def _usage(wire: _Usage) -> Usage:
+    """Our `Usage` from Anthropic's. Anthropic's ``input_tokens`` excludes cache reads and
+    writes; ours counts every input token (OpenAI's meaning), so they are added back."""
+    read = wire.cache_read_input_tokens or 0
+    write = wire.cache_creation_input_tokens or 0
     return Usage(
-        input_tokens=wire.input_tokens or 0,
+        input_tokens=(wire.input_tokens or 0) + read + write,
         output_tokens=wire.output_tokens or 0,
-        cache_read_tokens=wire.cache_read_input_tokens or 0,
-        cache_write_tokens=wire.cache_creation_input_tokens or 0,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
     )
 
 
@@ -197,15 +201,26 @@ def _merge_usage(prev: Usage | None, wire: _Usage) -> Usage:
     it leaves out keeps the earlier (``message_start``) value."""
     if prev is None:
         return _usage(wire)
-    return Usage(
-        input_tokens=prev.input_tokens if wire.input_tokens is None else wire.input_tokens,
-        output_tokens=prev.output_tokens if wire.output_tokens is None else wire.output_tokens,
-        cache_read_tokens=prev.cache_read_tokens
+    read = (
+        prev.cache_read_tokens
         if wire.cache_read_input_tokens is None
-        else wire.cache_read_input_tokens,
-        cache_write_tokens=prev.cache_write_tokens
+        else wire.cache_read_input_tokens
+    )
+    write = (
+        prev.cache_write_tokens
         if wire.cache_creation_input_tokens is None
-        else wire.cache_creation_input_tokens,
+        else wire.cache_creation_input_tokens
+    )
+    raw_input = (
+        prev.input_tokens - prev.cache_read_tokens - prev.cache_write_tokens
+        if wire.input_tokens is None
+        else wire.input_tokens
+    )
+    return Usage(
+        input_tokens=raw_input + read + write,
+        output_tokens=prev.output_tokens if wire.output_tokens is None else wire.output_tokens,
+        cache_read_tokens=read,
+        cache_write_tokens=write,
     )
 
 

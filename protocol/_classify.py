@@ -116,7 +116,7 @@ def loads(body: bytes | str) -> Any:
     """JSON from a peer, or ``None`` when it is not JSON. Never raises."""
     try:
         return msgspec.json.decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return None
 
 

@@ -223,7 +223,7 @@ def _safe_decode(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
     """Decode or raise `ValueError` with a short reason; never anything else."""
     try:
         return decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(str(exc)) from None
 
 
@@ -397,7 +397,7 @@ def _function_response(part: ToolResultPart, names: Mapping[str, str]) -> dict[s
     name = part.name or names.get(part.tool_use_id) or part.tool_use_id
     try:
         parsed = msgspec.json.decode(part.content)
-    except (msgspec.DecodeError, RecursionError):
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         parsed = None
     if isinstance(parsed, dict):
         response: dict[str, Any] = parsed

@@ -118,7 +118,7 @@ def _safe_decode(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
     """Decode or raise `ValueError` with a short reason; never anything else."""
     try:
         return decoder.decode(data)
-    except (msgspec.DecodeError, RecursionError) as exc:
+    except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(str(exc)) from None
 
 

@@ -382,7 +382,7 @@ def test_parse_chat_all_block_kinds() -> None:
     assert call.parsed_arguments() == {"x": [1, 2], "y": "z"}
     assert result.finish_reason == "tool_calls"
     assert result.usage == Usage(
-        input_tokens=10, output_tokens=20, cache_read_tokens=30, cache_write_tokens=40
+        input_tokens=10 + 30 + 40, output_tokens=20, cache_read_tokens=30, cache_write_tokens=40
     )
     assert result.model == "claude-x"
     assert result.response_id == "msg_1"
@@ -804,10 +804,15 @@ def test_stream_usage_merging_with_input_tokens_in_message_delta() -> None:
         + STOP
     )
     items = _decode(stream)
-    final = Usage(input_tokens=11, output_tokens=40, cache_read_tokens=5, cache_write_tokens=6)
+    # Our input_tokens counts every input token: Anthropic's input + cache reads + writes.
+    final = Usage(
+        input_tokens=11 + 5 + 6, output_tokens=40, cache_read_tokens=5, cache_write_tokens=6
+    )
     assert items == [
         UsageUpdate(
-            usage=Usage(input_tokens=10, output_tokens=2, cache_read_tokens=3, cache_write_tokens=4)
+            usage=Usage(
+                input_tokens=10 + 3 + 4, output_tokens=2, cache_read_tokens=3, cache_write_tokens=4
+            )
         ),
         UsageUpdate(usage=final),
         Finished(finish_reason="stop", usage=final, model="claude-s", response_id="msg_s"),
@@ -823,7 +828,7 @@ def test_stream_usage_merging_without_input_tokens_in_message_delta() -> None:
     )
     items = _decode(stream)
     assert isinstance(items[-1], Finished)
-    assert items[-1].usage == Usage(input_tokens=10, output_tokens=25, cache_read_tokens=3)
+    assert items[-1].usage == Usage(input_tokens=10 + 3, output_tokens=25, cache_read_tokens=3)
 
 
 def test_stream_without_message_start_still_finishes() -> None:
