@@ -16,11 +16,14 @@ SSE follows the WHATWG "event stream interpretation" rules:
   (we never reconnect an LLM stream).
 
 The hot path is bytes-only: we split on ``\\n`` after folding CRs, and hand each event's data
-to msgspec as bytes without decoding to ``str``. An OpenAI chunk costs one ``find`` per line and
-one tuple per event.
+to msgspec as bytes without decoding to ``str``. An OpenAI chunk costs a couple of
+``startswith`` calls per line and one tuple per event.
 
-Limits are constructor arguments (``max_buffer``): a peer that never sends a line end cannot
-grow our memory without bound; the decoder reports it as a protocol error instead.
+Limits are constructor arguments (``max_buffer``): a peer that never sends a line end, or sends
+data lines without ever ending the event, cannot grow our memory without bound; the decoder
+reports it as a protocol error instead. The limit is checked on whole lines as well as on the
+pending partial one, so whether a stream trips it does not depend on how it was split, and the
+`FramingError` carries the events completed before the offending line.
 """
 
 from __future__ import annotations
