@@ -251,16 +251,9 @@ def _error_fields(obj: Any) -> tuple[str | None, str | None, str] | None:
     return None
 
 
-def _error_payload_failure(obj: Any, *, status: int, usage: Usage | None) -> Failure:
-    fields = _error_fields(obj)
-    type_, code, message = fields if fields is not None else (None, None, "unknown error")
-    failure = error_failure(status, {}, type_=type_, code=code, message=message)
-    if usage is not None:
-        failure = msgspec.structs.replace(failure, usage=usage)
-    return failure
-
-
 def _error_event_failure(data: bytes, usage: Usage | None) -> Failure:
+    """The classified `Failure` for an error payload that came with HTTP 200 (a stream event or
+    a whole body), carrying *usage* when known."""
     fields = _error_fields(loads(data))
     type_, code, message = fields if fields is not None else (None, None, text_of(data))
     failure = error_failure(200, {}, type_=type_, code=code, message=message)
@@ -289,7 +282,8 @@ class OpenAIStreamDecoder:
       refusal text came), usage (zero if none came), model and response id → done;
     - streaming, an ``error`` payload → the classified `Failure` (status 200) → done;
     - streaming, undecodable chunk or framing error → ``protocol`` `Failure` → done;
-    - streaming, ``close()`` → ``stream_interrupted`` `Failure` → done;
+    - streaming, ``close()`` → ``stream_interrupted`` `Failure` → done (also when the last,
+      unterminated event is cut inside its JSON: the body ended, the chunk is not malformed);
     - done: ``feed`` and ``close`` return ``[]``.
 
     Every `Failure` carries the last usage seen, or ``None`` when none was seen.
@@ -617,7 +611,7 @@ class OpenAIDialect:
         except _DECODE_ERRORS:
             return _protocol_failure(f"malformed response body: {text_of(body)}")
         if resp.error is not None:
-            return _error_payload_failure({"error": resp.error}, status=200, usage=None)
+            return _error_event_failure(body, None)
         choice = next((c for c in resp.choices or () if c.index == 0), None)
         if choice is None:
             return _protocol_failure(f"response has no choice 0: {text_of(body)}")
@@ -672,7 +666,7 @@ class OpenAIDialect:
         except _DECODE_ERRORS:
             return _protocol_failure(f"malformed embeddings body: {text_of(body)}")
         if resp.error is not None:
-            return _error_payload_failure({"error": resp.error}, status=200, usage=None)
+            return _error_event_failure(body, None)
         if resp.data is None:
             return _protocol_failure(f"embeddings body has no data: {text_of(body)}")
         vectors: list[list[float]] = []

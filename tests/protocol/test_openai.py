@@ -496,6 +496,12 @@ def test_parse_error_object_in_200_body() -> None:
     assert result.kind is ErrorKind.CONTEXT_LENGTH
     assert result.code == "context_length_exceeded"
     assert result.status == 200
+    tgi = DIALECT.parse_chat(
+        b'{"error":"Request failed during generation","error_type":"generation"}'
+    )
+    assert isinstance(tgi, Failure)
+    assert tgi.code == "generation"
+    assert tgi.kind is ErrorKind.SERVER_ERROR
 
 
 # --------------------------------------------------------------------------- streaming
@@ -742,6 +748,7 @@ def test_cut_mid_stream_says_no_finish_reason() -> None:
     assert isinstance(failure, Failure)
     assert failure.kind is ErrorKind.STREAM_INTERRUPTED
     assert "no finish reason" in failure.message
+    assert "inside a chunk" in failure.message
     assert failure.usage is None
     assert decoder.done
     assert decoder.close() == []
