@@ -91,13 +91,14 @@ Percent = Annotated[float, msgspec.Meta(gt=0.0, le=100.0)]
 
 class _Conf(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Base of config structs: immutable, keyword-only, and strict about unknown keys (a typo
-    in a config file is an error, not a silently ignored setting)."""
+    in a config file is an error, not a silently ignored setting). msgspec applies ``kw_only``
+    only to the fields a class defines itself, so every subclass repeats it."""
 
 
 Backoff = Literal["none", "linear", "exponential"]
 
 
-class RetryConfig(_Conf, frozen=True):
+class RetryConfig(_Conf, frozen=True, kw_only=True):
     """How one connection retries a failed attempt.
 
     ``max_attempts`` counts the first attempt. Delay before retry *n* (1-based) is
@@ -128,7 +129,7 @@ class RetryConfig(_Conf, frozen=True):
     budget_min_retries: NonNegativeInt = 10
 
 
-class RateLimitConfig(_Conf, frozen=True):
+class RateLimitConfig(_Conf, frozen=True, kw_only=True):
     """Client-side limits for one connection; ``None`` means no limit of that kind."""
 
     requests_per_minute: PositiveInt | None = None
@@ -139,7 +140,7 @@ class RateLimitConfig(_Conf, frozen=True):
 BreakerWindow = Literal["count", "time"]
 
 
-class BreakerConfig(_Conf, frozen=True):
+class BreakerConfig(_Conf, frozen=True, kw_only=True):
     """The connection's circuit breaker (semantics of resilience4j's, defaults included).
 
     The window holds the last ``window_size`` calls (``count``) or the calls of the last
@@ -164,7 +165,7 @@ class BreakerConfig(_Conf, frozen=True):
     half_open_timeout_s: PositiveFloat = 60.0
 
 
-class MailboxConfig(_Conf, frozen=True):
+class MailboxConfig(_Conf, frozen=True, kw_only=True):
     """The connection's bounded mailbox. ``when_full``: ``wait`` (backpressure, bounded by the
     caller's deadline) or ``reject`` (an immediate ``queue_full`` failure)."""
 
@@ -172,7 +173,7 @@ class MailboxConfig(_Conf, frozen=True):
     when_full: Literal["wait", "reject"] = "wait"
 
 
-class Price(_Conf, frozen=True):
+class Price(_Conf, frozen=True, kw_only=True):
     """Price of a model, per million tokens."""
 
     input: NonNegativeFloat = 0.0
@@ -180,7 +181,7 @@ class Price(_Conf, frozen=True):
     cache_read: NonNegativeFloat | None = None
 
 
-class TimeoutConfig(_Conf, frozen=True):
+class TimeoutConfig(_Conf, frozen=True, kw_only=True):
     """Time limits of one attempt, in seconds (``None``: no limit of that kind)."""
 
     connect: PositiveFloat | None = 10.0
@@ -188,7 +189,7 @@ class TimeoutConfig(_Conf, frozen=True):
     stall: PositiveFloat | None = None
 
 
-class ConnectionConfig(_Conf, frozen=True):
+class ConnectionConfig(_Conf, frozen=True, kw_only=True):
     """One provider connection (a ``connect`` block).
 
     ``models`` maps aliases to provider model names; ``serves`` lists extra model names or
@@ -232,7 +233,7 @@ RouteStrategy = Literal["priority", "weighted", "least_busy", "lowest_latency"]
 MidStreamPolicy = Literal["fail", "restart", "continue"]
 
 
-class Target(_Conf, frozen=True):
+class Target(_Conf, frozen=True, kw_only=True):
     """One place a route can send a request: a connection and a model (or alias) on it."""
 
     connection: str
@@ -241,7 +242,7 @@ class Target(_Conf, frozen=True):
     weight: NonNegativeFloat | None = None
 
 
-class RouteConfig(_Conf, frozen=True):
+class RouteConfig(_Conf, frozen=True, kw_only=True):
     """A model name clients use, mapped to targets.
 
     ``failover_on`` lists the kinds that move a request to the next target after the
@@ -271,7 +272,7 @@ class RouteConfig(_Conf, frozen=True):
     hedge_after_s: PositiveFloat | Literal["auto"] | None = None
 
 
-class GatewayConfig(_Conf, frozen=True):
+class GatewayConfig(_Conf, frozen=True, kw_only=True):
     """The WebSocket gateway. ``tokens`` are the accepted bearer tokens (none: no auth, only
     allowed on loopback hosts)."""
 
@@ -287,7 +288,7 @@ class GatewayConfig(_Conf, frozen=True):
     send_buffer: NonNegativeInt = 32
 
 
-class RuntimeSettings(_Conf, frozen=True):
+class RuntimeSettings(_Conf, frozen=True, kw_only=True):
     """Runtime-wide settings."""
 
     shutdown_timeout_s: NonNegativeFloat = 10.0
@@ -296,7 +297,7 @@ class RuntimeSettings(_Conf, frozen=True):
     restart_period_s: PositiveFloat = 5.0
 
 
-class RuntimeConfig(_Conf, frozen=True):
+class RuntimeConfig(_Conf, frozen=True, kw_only=True):
     """Everything ``open_runtime`` needs: connections by name, routes by model name, and the
     optional gateway."""
 

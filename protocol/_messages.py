@@ -40,19 +40,22 @@ def _new_id() -> str:
 
 
 class _Frozen(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=False):
-    """Base for all messages: immutable, keyword-only, tolerant of unknown fields."""
+    """Base for all messages: immutable, keyword-only, tolerant of unknown fields.
+
+    msgspec applies ``kw_only`` only to the fields a class defines itself, so every subclass
+    repeats ``kw_only=True`` (and ``frozen=True``, for mypy)."""
 
 
 # --------------------------------------------------------------------------- content parts
 
 
-class TextPart(_Frozen, frozen=True, tag="text", tag_field="type"):
+class TextPart(_Frozen, frozen=True, kw_only=True, tag="text", tag_field="type"):
     """Plain text."""
 
     text: str
 
 
-class ImagePart(_Frozen, frozen=True, tag="image", tag_field="type"):
+class ImagePart(_Frozen, frozen=True, kw_only=True, tag="image", tag_field="type"):
     """An image given either by URL or inline as base64 ``data`` with its ``media_type``."""
 
     url: str | None = None
@@ -60,7 +63,7 @@ class ImagePart(_Frozen, frozen=True, tag="image", tag_field="type"):
     media_type: str = "image/png"
 
 
-class ToolUsePart(_Frozen, frozen=True, tag="tool_use", tag_field="type"):
+class ToolUsePart(_Frozen, frozen=True, kw_only=True, tag="tool_use", tag_field="type"):
     """The assistant asked to call a tool (a past turn replayed in the conversation)."""
 
     id: str
@@ -68,7 +71,7 @@ class ToolUsePart(_Frozen, frozen=True, tag="tool_use", tag_field="type"):
     arguments: dict[str, Any] = {}
 
 
-class ToolResultPart(_Frozen, frozen=True, tag="tool_result", tag_field="type"):
+class ToolResultPart(_Frozen, frozen=True, kw_only=True, tag="tool_result", tag_field="type"):
     """The result of a tool call. ``name`` is the tool's name (Gemini and Ollama need it)."""
 
     tool_use_id: str
@@ -80,7 +83,7 @@ class ToolResultPart(_Frozen, frozen=True, tag="tool_result", tag_field="type"):
 ContentPart = TextPart | ImagePart | ToolUsePart | ToolResultPart
 
 
-class Message(_Frozen, frozen=True):
+class Message(_Frozen, frozen=True, kw_only=True):
     """One turn of a conversation.
 
     ``content`` is a plain string or a list of parts. Tool results are sent as ``role="tool"``
@@ -97,7 +100,7 @@ class Message(_Frozen, frozen=True):
         return "".join(p.text for p in self.content if isinstance(p, TextPart))
 
 
-class Tool(_Frozen, frozen=True):
+class Tool(_Frozen, frozen=True, kw_only=True):
     """A function the model may call. ``parameters`` is a JSON Schema object."""
 
     name: str
@@ -105,7 +108,7 @@ class Tool(_Frozen, frozen=True):
     parameters: dict[str, Any] = {}
 
 
-class ResponseFormat(_Frozen, frozen=True):
+class ResponseFormat(_Frozen, frozen=True, kw_only=True):
     """Structured output: ``text``, any ``json_object``, or a ``json_schema`` named ``name``."""
 
     type: Literal["text", "json_object", "json_schema"] = "text"
@@ -117,7 +120,7 @@ class ResponseFormat(_Frozen, frozen=True):
 # --------------------------------------------------------------------------- requests
 
 
-class ChatRequest(_Frozen, frozen=True):
+class ChatRequest(_Frozen, frozen=True, kw_only=True):
     """A chat completion request, provider-neutral.
 
     ``model`` is a model name, an alias, or a route name; the router resolves it. ``timeout`` is
@@ -145,7 +148,7 @@ class ChatRequest(_Frozen, frozen=True):
     extra: dict[str, Any] = {}
 
 
-class EmbedRequest(_Frozen, frozen=True):
+class EmbedRequest(_Frozen, frozen=True, kw_only=True):
     """An embeddings request for one or more input texts."""
 
     model: str
@@ -161,7 +164,7 @@ class EmbedRequest(_Frozen, frozen=True):
 # --------------------------------------------------------------------------- results
 
 
-class Usage(_Frozen, frozen=True):
+class Usage(_Frozen, frozen=True, kw_only=True):
     """Token counts of one attempt (or the sum of several)."""
 
     input_tokens: int = 0
@@ -184,7 +187,7 @@ class Usage(_Frozen, frozen=True):
         )
 
 
-class ToolCall(_Frozen, frozen=True):
+class ToolCall(_Frozen, frozen=True, kw_only=True):
     """A tool call the model made. ``arguments`` is the JSON text exactly as produced
     (it may be invalid JSON when the output was cut at ``max_tokens``)."""
 
@@ -200,7 +203,7 @@ class ToolCall(_Frozen, frozen=True):
         return msgspec.json.decode(self.arguments or "{}")
 
 
-class Completion(_Frozen, frozen=True):
+class Completion(_Frozen, frozen=True, kw_only=True):
     """The final answer to a `ChatRequest`.
 
     ``connection`` and ``model`` name who actually answered (after routing and failover);
@@ -224,7 +227,7 @@ class Completion(_Frozen, frozen=True):
     cost: float | None = None
 
 
-class Embeddings(_Frozen, frozen=True):
+class Embeddings(_Frozen, frozen=True, kw_only=True):
     """The answer to an `EmbedRequest`: one vector per input, in order."""
 
     vectors: list[list[float]]
@@ -237,7 +240,7 @@ class Embeddings(_Frozen, frozen=True):
     cost: float | None = None
 
 
-class Failure(_Frozen, frozen=True):
+class Failure(_Frozen, frozen=True, kw_only=True):
     """A typed terminal failure. Every request ends with a `Completion` or exactly one of these.
 
     ``status`` is the provider's HTTP status when there was one; ``retry_after`` is seconds the
@@ -268,19 +271,19 @@ class Failure(_Frozen, frozen=True):
 # --------------------------------------------------------------------------- stream events
 
 
-class TextDelta(_Frozen, frozen=True, tag="text_delta", tag_field="type"):
+class TextDelta(_Frozen, frozen=True, kw_only=True, tag="text_delta", tag_field="type"):
     """A piece of the answer's text."""
 
     text: str
 
 
-class ReasoningDelta(_Frozen, frozen=True, tag="reasoning_delta", tag_field="type"):
+class ReasoningDelta(_Frozen, frozen=True, kw_only=True, tag="reasoning_delta", tag_field="type"):
     """A piece of the model's visible reasoning ("thinking"), when the provider streams it."""
 
     text: str
 
 
-class ToolCallDelta(_Frozen, frozen=True, tag="tool_call_delta", tag_field="type"):
+class ToolCallDelta(_Frozen, frozen=True, kw_only=True, tag="tool_call_delta", tag_field="type"):
     """A fragment of tool call number ``index``: the first carries ``id`` and ``name``;
     ``arguments`` pieces concatenate, in order, into the call's JSON arguments."""
 
@@ -290,13 +293,13 @@ class ToolCallDelta(_Frozen, frozen=True, tag="tool_call_delta", tag_field="type
     arguments: str = ""
 
 
-class UsageUpdate(_Frozen, frozen=True, tag="usage", tag_field="type"):
+class UsageUpdate(_Frozen, frozen=True, kw_only=True, tag="usage", tag_field="type"):
     """Usage so far (cumulative for the attempt, not an increment)."""
 
     usage: Usage
 
 
-class Finished(_Frozen, frozen=True, tag="finished", tag_field="type"):
+class Finished(_Frozen, frozen=True, kw_only=True, tag="finished", tag_field="type"):
     """The stream ended normally. ``usage`` is the attempt's final usage."""
 
     finish_reason: FinishReason = "stop"
@@ -305,7 +308,7 @@ class Finished(_Frozen, frozen=True, tag="finished", tag_field="type"):
     response_id: str = ""
 
 
-class Restart(_Frozen, frozen=True, tag="restart", tag_field="type"):
+class Restart(_Frozen, frozen=True, kw_only=True, tag="restart", tag_field="type"):
     """The stream restarts on another target: discard all text and tool calls received so far."""
 
     reason: str
