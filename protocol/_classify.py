@@ -78,6 +78,9 @@ def classify(status: int, *, type_: str | None, code: str | None, message: str) 
             # credit (402); the status tells them apart.
             if kind is K.RATE_LIMITED and status == 402:
                 return K.PERMISSION
+            # A generic "server error" type on a 503/529 is the overloaded signal.
+            if kind is K.SERVER_ERROR and status in (503, 529):
+                return K.OVERLOADED
             return kind
     if status in (400, 404, 413, 422) or 200 <= status < 300:
         if _CONTEXT.search(message):
