@@ -1,0 +1,908 @@
+"""One provider connection: its durable state (`Connection`) and the actor that serves it
+(`ProviderActor`).
+
+The problem: a request to an LLM provider can fail in a dozen ways, slowly, and the provider
+punishes clients that react badly (retry storms, 429 spirals). Each connection therefore owns
+its own mailbox, breaker, limiter and retry policy, and requests flow through one pipeline:
+
+    mailbox → shed if expired → admission (limiter, FIFO) → breaker permission → attempt
+            (httpx, streaming) → decode (dialect) → classify → record (breaker, limiter,
+            metrics, log) → retry (policy + budget) or finish
+
+**Two objects, because of restarts.** A `Connection` is the durable slot: config, mailbox,
+breaker, limiter, retry budget and metrics. A `ProviderActor` is one *incarnation* serving it:
+its HTTP clients and its tasks. When an incarnation crashes (a bug), its in-flight callers get
+a ``crashed`` failure at once, requests still queued stay in the mailbox, and the supervisor
+starts a new incarnation on the same slot: breaker open-until, limiter debt and parks survive;
+the HTTP clients do not.
+
+**Control lane.** Overrides and breaker commands are synchronous methods on `Connection`: they
+take effect immediately and can never queue behind user traffic. A request captures the
+connection's *generation* (config, dialect, policies) when it starts, so a hot swap
+(`Connection.override`) affects new requests only and in-flight ones finish as they began.
+
+**Time limits.** Every wait is bounded by the request's absolute deadline (trio clock), which
+covers queueing, admission, attempts, retry sleeps and streaming. Inside an attempt: connect
+(httpx), time to first token and inter-chunk stall (trio cancel scopes - they also work with
+in-memory transports, which httpx timeouts do not reach).
+
+**Exactly once.** Each request ends with exactly one `Completion`/`Embeddings` or `Failure`
+(the envelope's one-shot slot). Usage of every attempt is recorded exactly once, in a
+``finally`` block that runs synchronously even when the caller cancels or the stream breaks,
+and is attributed to this connection and the model that produced it.
+
+**HTTP clients.** One `httpx.AsyncClient` per concurrent attempt, reused from a free list:
+sharing one client's connection pool between many concurrent tasks costs ~3x the CPU per
+request (encode/httpx#3215), while a client per task does not contend. Clients share one SSL
+context, so creating one is cheap.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import ssl
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from protocol._accumulate import StreamAccumulator
+from protocol._config import ConnectionConfig
+from protocol._dialect import Dialect, HttpRequest, dialect_for
+from protocol._errors import ErrorKind, ProtocolError
+from protocol._messages import (
+    ChatRequest,
+    Completion,
+    Embeddings,
+    EmbedRequest,
+    Failure,
+    Finished,
+    StreamEvent,
+    Usage,
+    UsageUpdate,
+)
+from protocol._ratelimit import RateLimitInfo, parse_rate_limit_headers
+
+from ._admission import Admission, AdmissionTimeout
+from ._breaker import Breaker, BreakerSnapshot, Permit
+from ._http_errors import failure_from_exception, is_httpx_error
+from ._limiter import Grant, Limiter, LimiterSnapshot
+from ._mailbox import Envelope, Mailbox, MailboxClosed, MailboxStatistics, QueueFull
+from ._metrics import ConnectionMetrics, ConnectionMetricsSnapshot, cost_of, price_for
+from ._retry import RetryBudget, RetryPolicy
+
+log = logging.getLogger("switchboard.provider")
+
+Request = ChatRequest | EmbedRequest
+Reply = Completion | Embeddings | Failure
+
+
+class Call(msgspec.Struct, frozen=True):
+    """What a `ProviderActor` is asked: *request* sent to *model* (a provider model name).
+
+    ``failover_available`` tells the connection another target exists: a silent attempt (a
+    timeout before any response byte) then ends this connection's attempts instead of being
+    retried, so the router can fail over without waiting through the retry schedule.
+    """
+
+    request: ChatRequest | EmbedRequest
+    model: str
+    failover_available: bool = False
+
+
+ProviderEnvelope = Envelope[Call, Reply, StreamEvent]
+
+DEFAULT_MAX_IN_FLIGHT = 256
+STREAM_BUFFER = 16
+
+
+class ConnectionStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """A frozen snapshot of one connection."""
+
+    name: str
+    provider: str
+    mailbox: MailboxStatistics
+    breaker: BreakerSnapshot
+    limiter: LimiterSnapshot
+    metrics: ConnectionMetricsSnapshot
+    incarnation: int
+    running: bool
+
+
+class _Generation:
+    """What a request captures when it starts: config and the policies derived from it."""
+
+    __slots__ = ("config", "dialect", "retry")
+
+    def __init__(self, config: ConnectionConfig) -> None:
+        self.config = config
+        self.dialect: Dialect = dialect_for(config.provider)
+        self.retry = RetryPolicy(config.retry)
+
+
+_SSL: ssl.SSLContext | None = None
+
+
+def _ssl_context() -> ssl.SSLContext:
+    global _SSL
+    if _SSL is None:
+        _SSL = ssl.create_default_context()
+    return _SSL
+
+
+class Connection:
+    """The durable slot of one provider connection, and the way callers reach it.
+
+    ``transport`` replaces the network (an `actors.testing.FakeTransport`, or any
+    `httpx.AsyncBaseTransport`); ``rng`` drives retry jitter (seed it for reproducible runs).
+    """
+
+    def __init__(
+        self,
+        config: ConnectionConfig,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+        max_in_flight: int | None = None,
+    ) -> None:
+        self.name = config.name
+        self._generation = _Generation(config)
+        self.breaker = Breaker(config.breaker)
+        self.limiter = Limiter(config.rate_limit)
+        self.admission = Admission(self.limiter)
+        self.budget = RetryBudget(config.retry)
+        self.metrics = ConnectionMetrics()
+        self.mailbox: Mailbox[Call, Reply, StreamEvent] = Mailbox(
+            config.mailbox.capacity, when_full=config.mailbox.when_full
+        )
+        self.transport = transport
+        self.rng = rng or random.Random()
+        self.max_in_flight = (
+            max_in_flight or config.rate_limit.concurrent_requests or (DEFAULT_MAX_IN_FLIGHT)
+        )
+        self.incarnation = 0
+        self.running = False
+        self.ttft_ewma: float | None = None
+
+    # -- configuration (control lane: synchronous, never queued) -------------------------
+
+    @property
+    def config(self) -> ConnectionConfig:
+        return self._generation.config
+
+    def override(self, config: ConnectionConfig) -> None:
+        """Hot swap: requests that start from now on use *config*; in-flight ones finish with
+        the settings they started with. A changed breaker or rate-limit section replaces that
+        machine (its state starts fresh); otherwise breaker and limiter state are kept."""
+        old = self._generation.config
+        if config.name != old.name:
+            config = msgspec.structs.replace(config, name=old.name)
+        self._generation = _Generation(config)
+        if config.breaker != old.breaker:
+            self.breaker = Breaker(config.breaker)
+        if config.rate_limit != old.rate_limit:
+            self.limiter = Limiter(config.rate_limit)
+            self.admission = Admission(self.limiter)
+        if config.retry != old.retry:
+            self.budget = RetryBudget(config.retry)
+
+    def force_open(self) -> None:
+        self.breaker.force_open(trio.current_time())
+        self._drain_transitions()
+
+    def force_close(self) -> None:
+        self.breaker.force_close(trio.current_time())
+        self._drain_transitions()
+
+    def _drain_transitions(self) -> None:
+        for t in self.breaker.drain_transitions():
+            self.metrics.record_transition(t.from_state.value, t.to_state.value)
+            log.info(
+                "%s: breaker %s -> %s (%s)",
+                self.name,
+                t.from_state.value,
+                t.to_state.value,
+                t.reason,
+                extra={
+                    "connection": self.name,
+                    "breaker_from": t.from_state.value,
+                    "breaker_to": t.to_state.value,
+                },
+            )
+
+    # -- availability (for the router) --------------------------------------------------
+
+    def unavailable_for(self, now: float) -> float | None:
+        """Seconds until this connection may accept work, or ``None`` if it may now (its
+        breaker refuses or its limiter is parked by a 429)."""
+        waits: list[float] = []
+        snap = self.breaker.snapshot(now)
+        if snap.open_until is not None and (
+            snap.state.value == "forced_open"
+            or (snap.state.value == "open" and snap.open_until > now)
+        ):
+            waits.append(max(0.0, snap.open_until - now))
+        parked = self.limiter.parked_until
+        if parked is not None and parked > now:
+            waits.append(parked - now)
+        return max(waits) if waits else None
+
+    def load(self) -> int:
+        stats = self.mailbox.statistics()
+        return stats.queued + stats.in_flight
+
+    # -- requests -----------------------------------------------------------------------
+
+    def _deadline(self, request: Request, timeout: float | None) -> float:
+        budget = timeout if timeout is not None else request.timeout
+        if budget is None:
+            budget = self.config.timeout
+        return trio.current_time() + budget if budget > 0 else trio.current_time()
+
+    def _call(self, request: Request, model: str | None) -> Call:
+        return Call(request, self.config.resolve_model(model or request.model))
+
+    def _rejection(self, exc: Exception, call: Call) -> Failure:
+        if isinstance(exc, QueueFull):
+            return Failure.of(
+                ErrorKind.QUEUE_FULL,
+                f"connection {self.name!r} has {self.mailbox.capacity} requests queued; "
+                "retry later or raise mailbox.capacity",
+                retry_after=exc.retry_after,
+                connection=self.name,
+                model=call.model,
+                request_id=call.request.request_id,
+            )
+        return Failure.of(
+            ErrorKind.CANCELLED,
+            f"connection {self.name!r} is shut down",
+            connection=self.name,
+            model=call.model,
+            request_id=call.request.request_id,
+        )
+
+    async def chat(
+        self, request: ChatRequest, *, model: str | None = None, timeout: float | None = None
+    ) -> Completion | Failure:
+        """Send *request* (non-streamed) and return its one terminal result. *model*
+        overrides ``request.model`` (aliases resolve through the connection's ``models``)."""
+        deadline = self._deadline(request, timeout)
+        result = await self.ask(self._call(request, model), deadline=deadline)
+        assert not isinstance(result, Embeddings)
+        return result
+
+    async def embed(
+        self, request: EmbedRequest, *, model: str | None = None, timeout: float | None = None
+    ) -> Embeddings | Failure:
+        """Compute embeddings through the same pipeline as chat."""
+        deadline = self._deadline(request, timeout)
+        result = await self.ask(self._call(request, model), deadline=deadline)
+        assert not isinstance(result, Completion)
+        return result
+
+    async def ask(self, call: Call, *, deadline: float) -> Reply:
+        """The raw request/reply: enqueue *call*, wait for its one result."""
+        envelope: ProviderEnvelope = Envelope(call, deadline=deadline)
+        try:
+            await self.mailbox.put(envelope)
+        except (QueueFull, MailboxClosed) as exc:
+            return self._rejection(exc, call)
+        try:
+            return await envelope.wait()
+        except BaseException:
+            envelope.abandon()
+            raise
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        request: ChatRequest,
+        *,
+        model: str | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        buffer: int = STREAM_BUFFER,
+        failover_available: bool = False,
+    ) -> AsyncIterator[ReplyStream]:
+        """Stream *request*: ``async with conn.stream(req) as s: async for ev in s: ...``,
+        then ``s.result`` is the `Completion` or `Failure`. Leaving the block early cancels
+        the upstream request (its usage is still recorded)."""
+        call = self._call(request, model)
+        if failover_available:
+            call = msgspec.structs.replace(call, failover_available=True)
+        if deadline is None:
+            deadline = self._deadline(request, timeout)
+        send, receive = trio.open_memory_channel[StreamEvent](buffer)
+        envelope: ProviderEnvelope = Envelope(call, deadline=deadline, stream=send)
+        try:
+            await self.mailbox.put(envelope)
+        except (QueueFull, MailboxClosed) as exc:
+            envelope.resolve(self._rejection(exc, call))
+        handle = ReplyStream(receive, envelope)
+        try:
+            with receive:
+                yield handle
+        finally:
+            if not envelope.resolved:
+                envelope.abandon()
+
+    def statistics(self) -> ConnectionStatistics:
+        now = trio.current_time()
+        return ConnectionStatistics(
+            name=self.name,
+            provider=self.config.provider,
+            mailbox=self.mailbox.statistics(),
+            breaker=self.breaker.snapshot(now),
+            limiter=self.limiter.snapshot(now),
+            metrics=self.metrics.snapshot(),
+            incarnation=self.incarnation,
+            running=self.running,
+        )
+
+
+class ReplyStream:
+    """The caller's side of a streamed request: iterate events, then read ``result``."""
+
+    def __init__(
+        self, events: trio.MemoryReceiveChannel[StreamEvent], envelope: ProviderEnvelope
+    ) -> None:
+        self._events = events
+        self._envelope = envelope
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[StreamEvent]:
+        if self._envelope.resolved and self._envelope.stream is None:
+            return
+        async for event in self._events:
+            yield event
+
+    async def wait(self) -> Completion | Failure:
+        """The terminal result (waits for it if the stream is still running)."""
+        result = await self._envelope.wait()
+        assert not isinstance(result, Embeddings)
+        return result
+
+    @property
+    def result(self) -> Completion | Failure:
+        """The terminal result; only valid once the events are exhausted."""
+        result = self._envelope.result_nowait()
+        assert not isinstance(result, Embeddings)
+        return result
+
+
+class _ClientPool:
+    """A free list of `httpx.AsyncClient`s: one per concurrent attempt (see module header)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport | None, connect: float | None):
+        self._transport = transport
+        self._timeout = httpx.Timeout(None, connect=connect)
+        self._free: list[httpx.AsyncClient] = []
+        self._all: list[httpx.AsyncClient] = []
+
+    def checkout(self) -> httpx.AsyncClient:
+        if self._free:
+            return self._free.pop()
+        if self._transport is not None:
+            client = httpx.AsyncClient(transport=self._transport, timeout=self._timeout)
+        else:
+            transport = httpx.AsyncHTTPTransport(
+                verify=_ssl_context(),
+                limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            )
+            client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
+        self._all.append(client)
+        return client
+
+    def checkin(self, client: httpx.AsyncClient) -> None:
+        self._free.append(client)
+
+    async def aclose(self) -> None:
+        with trio.move_on_after(5) as scope:
+            scope.shield = True
+            for client in self._all:
+                await client.aclose()
+        self._all.clear()
+        self._free.clear()
+
+
+class _Attempt:
+    """What one attempt did, filled in as it goes (read by the ``finally`` that records it)."""
+
+    __slots__ = ("emitted", "first_token_at", "rate", "sent", "status", "usage")
+
+    def __init__(self) -> None:
+        self.sent = False
+        self.status: int | None = None
+        self.usage: Usage | None = None
+        self.rate: RateLimitInfo | None = None
+        self.emitted = False
+        self.first_token_at: float | None = None
+
+
+def _estimate_tokens(request: Request, conn: ConnectionConfig) -> int:
+    if isinstance(request, EmbedRequest):
+        return sum(len(t) for t in request.inputs) // 4 + 1
+    chars = sum(len(m.text()) for m in request.messages)
+    return chars // 4 + 1 + (request.max_tokens or conn.default_max_tokens)
+
+
+def _only_cancelled(exc: BaseException) -> bool:
+    if isinstance(exc, trio.Cancelled):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_cancelled(e) for e in exc.exceptions)
+    return False
+
+
+class ProviderActor:
+    """One incarnation serving a `Connection`: ``await nursery.start(actor.run)``.
+
+    Runs until the connection's mailbox is closed and drained (graceful) or it is cancelled.
+    A bug raises out of `run` (for the supervisor), after every in-flight caller got a
+    ``crashed`` failure; queued requests stay queued for the next incarnation.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        conn = self.connection
+        conn.incarnation += 1
+        conn.running = True
+        pool = _ClientPool(conn.transport, conn.config.timeouts.connect)
+        in_flight: set[ProviderEnvelope] = set()
+        slots = trio.Semaphore(conn.max_in_flight)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                while True:
+                    await slots.acquire()
+                    try:
+                        envelope = await conn.mailbox.get()
+                    except MailboxClosed:
+                        slots.release()
+                        break
+                    in_flight.add(envelope)
+                    nursery.start_soon(self._serve, envelope, pool, in_flight, slots)
+        except BaseException as exc:
+            cancelled = _only_cancelled(exc)
+            for envelope in in_flight:
+                envelope.resolve(
+                    Failure.of(
+                        ErrorKind.CANCELLED if cancelled else ErrorKind.CRASHED,
+                        f"connection {conn.name!r} was shut down"
+                        if cancelled
+                        else f"connection {conn.name!r} crashed: {type(exc).__name__}",
+                        connection=conn.name,
+                        model=envelope.request.model,
+                        request_id=envelope.request.request.request_id,
+                    )
+                )
+            conn.limiter.abandon_in_flight()
+            raise
+        finally:
+            conn.running = False
+            await pool.aclose()
+
+    async def _serve(
+        self,
+        envelope: ProviderEnvelope,
+        pool: _ClientPool,
+        in_flight: set[ProviderEnvelope],
+        slots: trio.Semaphore,
+    ) -> None:
+        conn = self.connection
+        mailbox = conn.mailbox
+        mailbox.started()
+        conn.metrics.requests += 1
+        start = trio.current_time()
+        call = envelope.request
+        if envelope.abandoned:
+            result: Reply = self._failure(
+                call, ErrorKind.CANCELLED, "the caller went away before the request started"
+            )
+        elif start >= envelope.deadline:
+            mailbox.note_shed()
+            result = self._failure(
+                call,
+                ErrorKind.DEADLINE,
+                f"deadline passed after {start - envelope.enqueued_at:.3f}s in the queue of "
+                f"{conn.name!r}; no tokens were spent",
+            )
+        else:
+            with trio.CancelScope() as scope:
+                envelope.bind_scope(scope)
+                result = await self._execute(envelope, pool)
+            if scope.cancelled_caught:
+                result = self._failure(call, ErrorKind.CANCELLED, "the caller went away")
+        envelope.resolve(result)
+        conn.metrics.record_outcome(result.kind if isinstance(result, Failure) else None)
+        in_flight.discard(envelope)
+        slots.release()
+        mailbox.finished(trio.current_time() - start)
+
+    def _failure(self, call: Call, kind: ErrorKind, message: str, **fields: Any) -> Failure:
+        return Failure.of(
+            kind,
+            message,
+            connection=self.connection.name,
+            model=call.model,
+            request_id=call.request.request_id,
+            **fields,
+        )
+
+    # -- the attempt loop ---------------------------------------------------------------
+
+    async def _execute(self, envelope: ProviderEnvelope, pool: _ClientPool) -> Reply:
+        conn = self.connection
+        gen = conn._generation
+        call = envelope.request
+        deadline = envelope.deadline
+        estimate = _estimate_tokens(call.request, gen.config)
+        total = Usage()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                grant = await conn.admission.admit(estimate, deadline=deadline)
+            except AdmissionTimeout as exc:
+                return self._failure(
+                    call,
+                    ErrorKind.DEADLINE,
+                    f"deadline passed waiting for rate-limit capacity on {conn.name!r}",
+                    retry_after=exc.retry_after,
+                    attempts=attempt - 1,
+                    usage=total,
+                )
+            now = trio.current_time()
+            permit = conn.breaker.acquire(now)
+            if not isinstance(permit, Permit):
+                conn.admission.cancel(grant)
+                return self._failure(
+                    call,
+                    ErrorKind.CIRCUIT_OPEN,
+                    f"circuit breaker of {conn.name!r} is {permit.state.value}",
+                    retry_after=permit.retry_after,
+                    attempts=attempt - 1,
+                    usage=total,
+                )
+            conn.metrics.attempts += 1
+            if attempt == 1:
+                conn.budget.record_attempt(now, retry=False)
+            else:
+                conn.metrics.retries += 1
+            state = _Attempt()
+            outcome: Completion | Embeddings | Failure | None = None
+            try:
+                outcome = await self._attempt(gen, call, envelope, pool, state)
+            finally:
+                self._record(gen, call, envelope, permit, grant, state, outcome, attempt, now)
+            if state.usage is not None:
+                total = total + state.usage
+            if not isinstance(outcome, Failure):
+                return self._finish(gen, call, envelope, outcome, attempt, total, state)
+            now = trio.current_time()
+            decision = gen.retry.decide(
+                attempt=attempt,
+                failure=outcome,
+                now=now,
+                deadline=None if deadline == math.inf else deadline,
+                emitted=state.emitted,
+                rng=conn.rng,
+            )
+            if (
+                decision.retry
+                and call.failover_available
+                and outcome.kind is ErrorKind.TIMEOUT
+                and state.status is None
+            ):
+                decision = msgspec.structs.replace(
+                    decision, retry=False, reason="silent target: failing over instead"
+                )
+            if decision.retry and not conn.budget.try_retry(now):
+                decision = msgspec.structs.replace(
+                    decision, retry=False, reason="retry budget of the connection is spent"
+                )
+            if not decision.retry:
+                return msgspec.structs.replace(
+                    outcome,
+                    connection=conn.name,
+                    model=call.model,
+                    request_id=call.request.request_id,
+                    attempts=attempt,
+                    usage=total,
+                    retryable=outcome.retryable and not state.emitted,
+                )
+            await trio.sleep(decision.delay)
+
+    def _finish(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        outcome: Completion | Embeddings,
+        attempts: int,
+        total: Usage,
+        state: _Attempt,
+    ) -> Completion | Embeddings:
+        now = trio.current_time()
+        conn = self.connection
+        latency = now - envelope.enqueued_at
+        model = outcome.model or call.model
+        price = price_for(gen.config, model) or price_for(gen.config, call.model)
+        cost = cost_of(outcome.usage, price)
+        conn.metrics.latency.observe(latency)
+        if isinstance(outcome, Embeddings):
+            return msgspec.structs.replace(
+                outcome,
+                model=model,
+                connection=conn.name,
+                request_id=call.request.request_id,
+                attempts=attempts,
+                latency=latency,
+                cost=cost,
+            )
+        ttft = (state.first_token_at or now) - envelope.enqueued_at
+        conn.metrics.ttft.observe(ttft)
+        conn.ttft_ewma = ttft if conn.ttft_ewma is None else 0.8 * conn.ttft_ewma + 0.2 * ttft
+        return msgspec.structs.replace(
+            outcome,
+            model=model,
+            connection=conn.name,
+            request_id=call.request.request_id,
+            attempts=attempts,
+            latency=latency,
+            time_to_first_token=ttft,
+            cost=cost,
+        )
+
+    def _record(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        permit: Permit,
+        grant: Grant,
+        state: _Attempt,
+        outcome: Reply | None,
+        attempt: int,
+        started: float,
+    ) -> None:
+        """Record one attempt in breaker, limiter, metrics and log. Synchronous: runs in a
+        ``finally`` and so completes even when the attempt was cancelled."""
+        conn = self.connection
+        now = trio.current_time()
+        duration = now - started
+        if outcome is None:
+            conn.breaker.release(permit, now)
+        elif isinstance(outcome, Failure):
+            conn.breaker.record_failure(permit, now, duration, outcome.kind)
+            if outcome.kind is ErrorKind.RATE_LIMITED:
+                conn.admission.park(now + (outcome.retry_after or 1.0))
+            if state.usage is None and outcome.usage is not None:
+                state.usage = outcome.usage
+        else:
+            conn.breaker.record_success(permit, now, duration)
+        conn._drain_transitions()
+        if state.rate is not None and not state.rate.empty:
+            conn.admission.observe(state.rate)
+        usage = state.usage
+        if state.sent:
+            conn.admission.finish(grant, usage.total_tokens if usage is not None else None)
+        else:
+            conn.admission.cancel(grant)
+        if usage is not None:
+            model = outcome.model if isinstance(outcome, Completion | Embeddings) else ""
+            model = model or call.model
+            conn.metrics.record_usage(
+                model,
+                usage,
+                cost=cost_of(usage, price_for(gen.config, model)),
+                wasted=not isinstance(outcome, Completion | Embeddings),
+            )
+        if log.isEnabledFor(logging.INFO):
+            kind = (
+                "cancelled"
+                if outcome is None
+                else outcome.kind.value
+                if isinstance(outcome, Failure)
+                else "ok"
+            )
+            log.info(
+                "%s %s attempt %d: status=%s result=%s in %.3fs",
+                conn.name,
+                call.model,
+                attempt,
+                state.status,
+                kind,
+                duration,
+                extra={
+                    "request_id": call.request.request_id,
+                    "connection": conn.name,
+                    "model": call.model,
+                    "attempt": attempt,
+                    "status": state.status,
+                    "error_kind": None if kind == "ok" else kind,
+                    "input_tokens": usage.input_tokens if usage else None,
+                    "output_tokens": usage.output_tokens if usage else None,
+                    "duration": duration,
+                    "time_to_first_token": (
+                        state.first_token_at - started if state.first_token_at else None
+                    ),
+                },
+            )
+
+    # -- one attempt --------------------------------------------------------------------
+
+    async def _attempt(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        pool: _ClientPool,
+        state: _Attempt,
+    ) -> Completion | Embeddings | Failure:
+        dialect = gen.dialect
+        request = call.request
+        streaming = isinstance(request, ChatRequest) and envelope.stream is not None
+        try:
+            if isinstance(request, EmbedRequest):
+                if not dialect.supports_embeddings:
+                    return self._failure(
+                        call, ErrorKind.UNSUPPORTED, f"{gen.config.provider} has no embeddings API"
+                    )
+                http = dialect.embed_request(request, gen.config, model=call.model)
+            else:
+                http = dialect.chat_request(request, gen.config, model=call.model, stream=streaming)
+        except ProtocolError as exc:
+            return exc.failure
+        client = pool.checkout()
+        try:
+            return await self._exchange(gen, call, envelope, client, http, state, streaming)
+        finally:
+            pool.checkin(client)
+
+    def _limit(
+        self, gen: _Generation, envelope: ProviderEnvelope, started: float, state: _Attempt
+    ) -> tuple[float, str]:
+        """The next moment this attempt must give up, and what it is called."""
+        timeouts = gen.config.timeouts
+        at, what = envelope.deadline, "deadline"
+        first = timeouts.first_token
+        if state.first_token_at is None and first is not None and started + first < at:
+            at, what = started + first, "first_token"
+        if timeouts.stall is not None and state.first_token_at is not None:
+            stall_at = trio.current_time() + timeouts.stall
+            if stall_at < at:
+                at, what = stall_at, "stall"
+        return at, what
+
+    def _timeout_failure(self, gen: _Generation, call: Call, what: str, state: _Attempt) -> Failure:
+        t = gen.config.timeouts
+        if what == "deadline":
+            message = "the request's deadline passed"
+            return self._failure(call, ErrorKind.DEADLINE, message, usage=state.usage)
+        if what == "first_token":
+            message = f"no first token within {t.first_token:g}s"
+        else:
+            message = f"stream stalled: no data for {t.stall:g}s"
+        return self._failure(call, ErrorKind.TIMEOUT, message, usage=state.usage)
+
+    async def _exchange(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        client: httpx.AsyncClient,
+        http: HttpRequest,
+        state: _Attempt,
+        streaming: bool,
+    ) -> Completion | Embeddings | Failure:
+        dialect = gen.dialect
+        started = trio.current_time()
+        body_started = False
+        try:
+            request = client.build_request(
+                http.method, http.url, headers=http.headers, content=http.body
+            )
+            state.sent = True
+            at, what = self._limit(gen, envelope, started, state)
+            with trio.move_on_at(at) as scope:
+                response = await client.send(request, stream=True)
+            if scope.cancelled_caught:
+                return self._timeout_failure(gen, call, what, state)
+            try:
+                state.status = response.status_code
+                state.rate = parse_rate_limit_headers(response.headers, now=time.time())
+                if response.status_code >= 300 or not streaming:
+                    at, what = self._limit(gen, envelope, started, state)
+                    with trio.move_on_at(at) as scope:
+                        body = await response.aread()
+                    if scope.cancelled_caught:
+                        return self._timeout_failure(gen, call, what, state)
+                    if response.status_code >= 300:
+                        return dialect.classify_error(
+                            response.status_code, response.headers, body, now=time.time()
+                        )
+                    state.first_token_at = trio.current_time()
+                    if isinstance(call.request, EmbedRequest):
+                        parsed: Completion | Embeddings | Failure = dialect.parse_embed(body)
+                    else:
+                        parsed = dialect.parse_chat(body)
+                    if not isinstance(parsed, Failure):
+                        state.usage = parsed.usage
+                    return parsed
+                body_started = True
+                return await self._relay(gen, call, envelope, response, state, started)
+            finally:
+                with trio.move_on_after(1) as close_scope:
+                    close_scope.shield = True
+                    await response.aclose()
+        except trio.Cancelled:
+            raise
+        except Exception as exc:
+            if not is_httpx_error(exc):
+                raise
+            failure = failure_from_exception(exc, streaming=body_started)
+            return msgspec.structs.replace(failure, usage=state.usage)
+
+    async def _relay(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        response: httpx.Response,
+        state: _Attempt,
+        started: float,
+    ) -> Completion | Failure:
+        """Decode a streamed body and relay its events to the caller as they arrive."""
+        assert envelope.stream is not None
+        send = envelope.stream
+        decoder = gen.dialect.stream_decoder()
+        acc = StreamAccumulator()
+        chunks = response.aiter_bytes().__aiter__()
+        while True:
+            at, what = self._limit(gen, envelope, started, state)
+            chunk: bytes | None = None
+            with trio.move_on_at(at) as scope:
+                try:
+                    chunk = await chunks.__anext__()
+                except StopAsyncIteration:
+                    chunk = None
+            if scope.cancelled_caught:
+                return self._timeout_failure(gen, call, what, state)
+            items = decoder.close() if chunk is None else decoder.feed(chunk)
+            for item in items:
+                acc.add(item)
+                if isinstance(item, Failure):
+                    state.usage = item.usage if item.usage is not None else state.usage
+                    return item
+                if isinstance(item, UsageUpdate):
+                    state.usage = item.usage
+                    if not state.emitted:
+                        continue
+                elif isinstance(item, Finished):
+                    state.usage = item.usage
+                else:
+                    if state.first_token_at is None:
+                        state.first_token_at = trio.current_time()
+                    state.emitted = True
+                try:
+                    await send.send(item)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    envelope.abandon()
+                    await trio.lowlevel.checkpoint()
+                if isinstance(item, Finished):
+                    return acc.completion()
+            if chunk is None or decoder.done:
+                # A decoder that ended without a terminal item is a decoder bug; be safe.
+                message = "stream ended without a result"
+                return self._failure(call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage)
