@@ -49,7 +49,8 @@ import trio
 from ._script import Chunk, Hang, Head, Pause, Reset, Script, ScriptSource, Step
 
 if TYPE_CHECKING:
-    from ._faults import FaultPlan
+    from ._core import AttemptRecord
+    from ._faults import Budget, FaultPlan
 
 __all__ = ["FakeProvider", "run_fake_provider"]
 
@@ -74,11 +75,12 @@ class FakeProvider:
             url = await nursery.start(fake.serve)
             client = openai.OpenAI(base_url=fake.base_url("openai"), api_key="x")
 
-    Arguments (keyword-only): *plan* (``None``: always healthy), *seed* (the text generator and
-    any random choice of the plan), *budget* (the fake's own rate-limit budget, passed to the
-    core), *host* and *port* (default ``127.0.0.1`` and an ephemeral port), *core* (any
-    `ScriptSource`; by default a `ProviderCore` built from *plan*, *seed*, *budget* and
-    ``**core_options``).
+    Arguments (keyword-only): *plan* (``None``: always healthy); *seed* (seeds the generated
+    text and the plan's random choices; ``None`` keeps the plan's own ``seed``); *budget* (a
+    provider-side `Budget` that really depletes); *host* and *port* (default ``127.0.0.1``
+    and an ephemeral port); *core* (any `ScriptSource`; by default a `ProviderCore` built
+    from *plan*, *seed*, *budget* and ``**core_options`` such as ``answer_tokens``,
+    ``token_interval``, ``context_window``, ``models``).
 
     One instance serves once; `attempts` is the core's attempt log.
     """
@@ -87,8 +89,8 @@ class FakeProvider:
         self,
         *,
         plan: FaultPlan | None = None,
-        seed: int = 0,
-        budget: Any = None,
+        seed: int | None = None,
+        budget: Budget | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         core: ScriptSource | None = None,
@@ -98,7 +100,7 @@ class FakeProvider:
             from ._core import ProviderCore
 
             core = ProviderCore(plan=plan, seed=seed, budget=budget, **core_options)
-        elif plan is not None or budget is not None or core_options:
+        elif plan is not None or seed is not None or budget is not None or core_options:
             raise TypeError("pass either core= or plan/budget/core options, not both")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535, got {port!r}")
@@ -108,6 +110,7 @@ class FakeProvider:
         self._url: str | None = None
         self._start = 0.0
         self._open = 0
+        self._in_flight = 0
         self._changed = trio.Event()
         self.internal_errors: list[BaseException] = []
         """Exceptions raised by the core while serving (each answered with a 500). Empty in a
@@ -135,9 +138,10 @@ class FakeProvider:
         return self.url + suffix
 
     @property
-    def attempts(self) -> Sequence[Any]:
-        """The core's attempt log: one record per request received, in arrival order."""
-        log: Sequence[Any] = getattr(self.core, "attempts")  # noqa: B009 - not in ScriptSource
+    def attempts(self) -> list[AttemptRecord]:
+        """The core's attempt log (`ProviderCore.attempts`): one `AttemptRecord` per request
+        received, in arrival order; an attempt still in flight has ``outcome`` ``None``."""
+        log: list[AttemptRecord] = getattr(self.core, "attempts")  # noqa: B009 - not in ScriptSource
         return log
 
     @property
@@ -148,6 +152,15 @@ class FakeProvider:
     async def wait_no_connections(self) -> None:
         """Return once `open_connections` is 0 (at once if it already is)."""
         while self._open:
+            await self._changed.wait()
+
+    async def wait_settled(self) -> None:
+        """Return once every attempt received so far has ended and been reported to the core.
+
+        A client may see the end of a response a moment before the server records it, so
+        wait for this before reading `attempts`. (An attempt that hangs ends only when its
+        client goes away.)"""
+        while self._in_flight:
             await self._changed.wait()
 
     def now(self) -> float:
@@ -171,7 +184,7 @@ class FakeProvider:
     # ------------------------------------------------------------------ one connection
 
     async def _connection(self, stream: trio.SocketStream) -> None:
-        self._count(+1)
+        self._count(connections=+1)
         try:
             await _Connection(self, stream).run()
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
@@ -183,10 +196,11 @@ class FakeProvider:
                 with trio.CancelScope(shield=True):
                     await stream.aclose()
             finally:
-                self._count(-1)
+                self._count(connections=-1)
 
-    def _count(self, delta: int) -> None:
-        self._open += delta
+    def _count(self, connections: int = 0, attempts: int = 0) -> None:
+        self._open += connections
+        self._in_flight += attempts
         self._changed.set()
         self._changed = trio.Event()
 
@@ -291,7 +305,11 @@ class _Connection:
             server.internal_errors.append(exc)
             await self._send_error(500, f"fake provider internal error: {exc!r}")
             return False
-        return await self._run(script)
+        server._count(attempts=+1)
+        try:
+            return await self._run(script)
+        finally:
+            server._count(attempts=-1)
 
     async def _run(self, script: Script) -> bool:
         """Execute *script* while watching the client; report the attempt exactly once."""
@@ -394,7 +412,7 @@ async def run_fake_provider(
     host: str = "127.0.0.1",
     port: int = 0,
     plan: FaultPlan | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     ready: Callable[[str], None] | None = None,
     **core_options: Any,
 ) -> None:
