@@ -1,0 +1,408 @@
+"""The runtime facade: what a long-running trio service embeds.
+
+    async with open_runtime("switchboard.toml") as rt:
+        completion = await rt.chat(ChatRequest(model="smart", messages=[...]))
+
+The problem it solves is assembly and lifetime: a set of connections (each a `Connection`
+slot served by a `ProviderActor` incarnation) kept alive by a supervisor, a router over them,
+metrics and health, hot reconfiguration, and a shutdown that lets in-flight work finish.
+
+Choices:
+
+- **Inside the caller's nursery.** `open_runtime` is an async context manager that opens its
+  own nursery; `start_runtime(config, nursery)` starts the same tree in a nursery the caller
+  already has. Nothing runs in a background thread.
+- **One supervisor for the connections** (``one_for_one``: connections are independent). A
+  crashed actor is restarted on the same slot, so queued requests survive and in-flight ones
+  get a ``crashed`` failure; intensity (``runtime.restart_intensity`` in
+  ``runtime.restart_period_s``) bounds crash loops, after which the runtime itself fails
+  loudly rather than serving from a broken connection forever.
+- **Errors.** `Runtime.chat` and `Runtime.embed` return the result or raise `RequestFailed`
+  carrying the typed `Failure`; a stream's terminal `result` is a `Completion` or a
+  `Failure` (data, because the events already arrived).
+- **Shutdown** closes every mailbox (new requests fail with ``cancelled``, queued ones are
+  still served), waits up to ``runtime.shutdown_timeout_s`` for the actors to drain, then
+  cancels what is left: every caller still gets its one terminal result.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import msgspec
+import trio
+
+from actors._metrics import ConnectionMetricsSnapshot, prometheus_text
+from actors._provider import Connection, ConnectionStatistics, ProviderActor
+from actors._router import Router, RouterStream
+from protocol._config import ConnectionConfig, RuntimeConfig, Secret
+from protocol._config_load import load_config
+from protocol._errors import ConfigError, RequestFailed
+from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure, Message
+
+from ._supervisor import ChildSpec, Supervisor
+
+
+class ModelTotals(msgspec.Struct, frozen=True, kw_only=True):
+    """Tokens and cost summed over connections for one model."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost: float | None = None
+
+
+class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
+    """A typed snapshot of the whole runtime's metrics."""
+
+    connections: dict[str, ConnectionMetricsSnapshot]
+    failovers: int
+
+    def tokens_by_connection(self, name: str) -> tuple[int, int]:
+        """``(input, output)`` tokens recorded by connection *name*."""
+        snap = self.connections.get(name)
+        return (0, 0) if snap is None else (snap.input_tokens, snap.output_tokens)
+
+    def tokens_by_model(self, model: str) -> tuple[int, int]:
+        """``(input, output)`` tokens recorded for provider model *model*, over connections."""
+        totals = self.models().get(model)
+        return (0, 0) if totals is None else (totals.input_tokens, totals.output_tokens)
+
+    def estimated_cost(self, name: str | None = None) -> float | None:
+        """Estimated cost of connection *name* (all connections when ``None``)."""
+        snaps = self.connections.values() if name is None else [self.connections[name]]
+        costs = [s.cost for s in snaps if s.cost is not None]
+        return sum(costs) if costs else None
+
+    def models(self) -> dict[str, ModelTotals]:
+        out: dict[str, ModelTotals] = {}
+        for snap in self.connections.values():
+            for model, usage in snap.models.items():
+                prev = out.get(model, ModelTotals())
+                cost = prev.cost
+                if usage.cost is not None:
+                    cost = (cost or 0.0) + usage.cost
+                out[model] = ModelTotals(
+                    input_tokens=prev.input_tokens + usage.input_tokens,
+                    output_tokens=prev.output_tokens + usage.output_tokens,
+                    cost=cost,
+                )
+        return out
+
+    def prometheus(self) -> str:
+        """The metrics in the Prometheus text exposition format."""
+        text = prometheus_text(self.connections)
+        return (
+            text
+            + "# HELP switchboard_failovers_total Requests moved to another target.\n"
+            + "# TYPE switchboard_failovers_total counter\n"
+            + f"switchboard_failovers_total {self.failovers}\n"
+        )
+
+
+class ConnectionHealth(msgspec.Struct, frozen=True, kw_only=True):
+    """One connection's health, for dashboards and load balancers."""
+
+    name: str
+    provider: str
+    running: bool
+    breaker: str
+    queued: int
+    in_flight: int
+    parked_for: float | None
+    incarnation: int
+
+
+class Health(msgspec.Struct, frozen=True, kw_only=True):
+    """``status`` is ``ok`` (every connection can take work), ``degraded`` (some cannot) or
+    ``down`` (none can)."""
+
+    status: str
+    connections: list[ConnectionHealth]
+
+
+class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
+    """The outcome of `Runtime.probe`: ``ok`` with the latency, or the failure."""
+
+    connection: str
+    ok: bool
+    latency: float | None = None
+    model: str = ""
+    failure: Failure | None = None
+
+
+class Runtime:
+    """The running tree. Build it with `open_runtime` or `start_runtime`."""
+
+    def __init__(
+        self,
+        config: RuntimeConfig,
+        *,
+        transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self._transports = dict(transports or {})
+        self._default_transport = transport
+        self._rng = rng or random.Random()
+        self.connections: dict[str, Connection] = {}
+        self.router = Router(self.connections, config.routes, rng=self._rng)
+        settings = config.runtime
+        self.supervisor = Supervisor(
+            strategy="one_for_one",
+            max_restarts=settings.restart_intensity,
+            period=settings.restart_period_s,
+        )
+        self._closing = False
+
+    # -- lifetime -----------------------------------------------------------------------
+
+    def _make_connection(self, config: ConnectionConfig) -> Connection:
+        transport = self._transports.get(config.name, self._default_transport)
+        return Connection(config, transport=transport, rng=random.Random(self._rng.getrandbits(64)))
+
+    def _spec(self, conn: Connection) -> ChildSpec:
+        async def start(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            await ProviderActor(conn).run(task_status=task_status)
+
+        return ChildSpec(
+            id=conn.name,
+            start=start,
+            restart="permanent",
+            shutdown_timeout=self.config.runtime.shutdown_timeout_s,
+            stop=conn.mailbox.close,
+        )
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        for name, cfg in self.config.connections.items():
+            if not cfg.name:
+                cfg = msgspec.structs.replace(cfg, name=name)
+            self.connections[name] = self._make_connection(cfg)
+        specs = [self._spec(conn) for conn in self.connections.values()]
+        await self.supervisor.run(specs, task_status=task_status)
+
+    async def aclose(self) -> None:
+        """Drain and stop: close every mailbox, let actors finish their work up to
+        ``runtime.shutdown_timeout_s``, then cancel what remains."""
+        self._closing = True
+        await self.supervisor.stop()
+
+    # -- requests -----------------------------------------------------------------------
+
+    async def chat(self, request: ChatRequest) -> Completion:
+        """Route *request* and return its completion; raises `RequestFailed` with the typed
+        `Failure` otherwise."""
+        result = await self.router.chat(request)
+        if isinstance(result, Failure):
+            raise RequestFailed(result)
+        return result
+
+    async def embed(self, request: EmbedRequest) -> Embeddings:
+        """Route an embeddings request; raises `RequestFailed` on failure."""
+        result = await self.router.embed(request)
+        if isinstance(result, Failure):
+            raise RequestFailed(result)
+        return result
+
+    @asynccontextmanager
+    async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream]:
+        """Stream *request*: ``async with rt.stream(req) as s: async for event in s: ...``;
+        afterwards ``s.result`` is the `Completion` or the `Failure`. Leaving the block
+        early cancels the upstream request (its usage is still recorded)."""
+        async with self.router.stream(request) as handle:
+            yield handle
+
+    # -- connections --------------------------------------------------------------------
+
+    def connections_for(self, model: str) -> list[str]:
+        """Which connections can serve *model* (routes, aliases, declared models/patterns)."""
+        return self.router.connections_for(model)
+
+    def connection(self, name: str) -> Connection:
+        try:
+            return self.connections[name]
+        except KeyError:
+            raise KeyError(f"no connection named {name!r}") from None
+
+    def override_connection(self, name: str, **changes: Any) -> ConnectionConfig:
+        """Hot swap settings of connection *name* (any `ConnectionConfig` field, e.g.
+        ``base_url=...``, ``api_key="sk-test"``, ``retry={"max_attempts": 1}``). New requests
+        use the new settings; in-flight ones finish with the old. Raises `ConfigError` naming
+        the bad key."""
+        conn = self.connection(name)
+        new = _apply_changes(conn.config, changes, f"override_connection({name!r})")
+        conn.override(new)
+        return new
+
+    async def add_connection(
+        self, config: ConnectionConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Connection:
+        """Start a new connection while running. Raises `ValueError` if the name exists."""
+        if not config.name:
+            raise ValueError("the connection config needs a name")
+        if config.name in self.connections:
+            raise ValueError(f"a connection named {config.name!r} already exists")
+        if transport is not None:
+            self._transports[config.name] = transport
+        conn = self._make_connection(config)
+        self.connections[config.name] = conn
+        try:
+            await self.supervisor.add_child(self._spec(conn))
+        except BaseException:
+            del self.connections[config.name]
+            raise
+        return conn
+
+    async def remove_connection(self, name: str) -> None:
+        """Stop connection *name* gracefully (queued work drains up to the shutdown timeout)
+        and forget it."""
+        self.connection(name)
+        await self.supervisor.remove_child(name)
+        self.connections.pop(name, None)
+
+    async def probe(
+        self, name: str, *, model: str | None = None, timeout: float = 15.0
+    ) -> ProbeResult:
+        """A cheap real call (one output token) that checks *name*'s endpoint and key."""
+        conn = self.connection(name)
+        target = conn.config.resolve_model(model)
+        request = ChatRequest(
+            model=target,
+            messages=[Message(role="user", content="ping")],
+            max_tokens=1,
+            metadata={"switchboard": "probe"},
+        )
+        start = trio.current_time()
+        result = await conn.chat(request, model=target, timeout=timeout)
+        if isinstance(result, Failure):
+            return ProbeResult(connection=name, ok=False, model=target, failure=result)
+        return ProbeResult(
+            connection=name, ok=True, model=result.model, latency=trio.current_time() - start
+        )
+
+    # -- observation --------------------------------------------------------------------
+
+    def metrics(self) -> RuntimeMetrics:
+        return RuntimeMetrics(
+            connections={n: c.metrics.snapshot() for n, c in self.connections.items()},
+            failovers=self.router.failovers,
+        )
+
+    def statistics(self) -> dict[str, ConnectionStatistics]:
+        return {n: c.statistics() for n, c in self.connections.items()}
+
+    def health(self) -> Health:
+        now = trio.current_time()
+        rows = []
+        for name, conn in self.connections.items():
+            stats = conn.mailbox.statistics()
+            rows.append(
+                ConnectionHealth(
+                    name=name,
+                    provider=conn.config.provider,
+                    running=conn.running,
+                    breaker=conn.breaker.snapshot(now).state.value,
+                    queued=stats.queued,
+                    in_flight=stats.in_flight,
+                    parked_for=conn.unavailable_for(now),
+                    incarnation=conn.incarnation,
+                )
+            )
+        usable = [r for r in rows if r.running and r.parked_for is None]
+        if rows and len(usable) == len(rows):
+            status = "ok"
+        elif usable:
+            status = "degraded"
+        else:
+            status = "down"
+        return Health(status=status, connections=rows)
+
+
+def _secret_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret and isinstance(obj, str):
+        return Secret(obj)
+    raise NotImplementedError
+
+
+def _apply_changes(
+    config: ConnectionConfig, changes: Mapping[str, Any], source: str
+) -> ConnectionConfig:
+    fields = {f.name: f for f in msgspec.structs.fields(ConnectionConfig)}
+    converted: dict[str, Any] = {}
+    problems: list[tuple[str, str]] = []
+    for key, value in changes.items():
+        field = fields.get(key)
+        if field is None or key == "name":
+            problems.append(
+                (
+                    key,
+                    f"not a connection setting; expected one of: "
+                    f"{', '.join(sorted(k for k in fields if k != 'name'))}",
+                )
+            )
+            continue
+        if isinstance(value, Secret | msgspec.Struct):
+            converted[key] = value
+            continue
+        try:
+            converted[key] = msgspec.convert(value, field.type, dec_hook=_secret_hook)
+        except msgspec.ValidationError as exc:
+            problems.append((key, str(exc)))
+    if problems:
+        raise ConfigError(source, problems)
+    return msgspec.structs.replace(config, **converted)
+
+
+def _resolve_config(config: RuntimeConfig | str | os.PathLike[str]) -> RuntimeConfig:
+    if isinstance(config, RuntimeConfig):
+        return config
+    return load_config(config)
+
+
+async def start_runtime(
+    config: RuntimeConfig | str | os.PathLike[str],
+    nursery: trio.Nursery,
+    *,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> Runtime:
+    """Start the runtime's tree in *nursery* and return it once every connection is up.
+    Stop it with ``await rt.aclose()`` (or cancel the nursery)."""
+    runtime = Runtime(_resolve_config(config), transports=transports, transport=transport, rng=rng)
+    await nursery.start(runtime._run)
+    return runtime
+
+
+@asynccontextmanager
+async def open_runtime(
+    config: RuntimeConfig | str | os.PathLike[str],
+    *,
+    transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    rng: random.Random | None = None,
+) -> AsyncIterator[Runtime]:
+    """Run the runtime for the duration of the block (a path loads a TOML config).
+
+    *transports* maps connection names to httpx transports (e.g. the fault kit's
+    `FakeTransport`); *transport* is the default for the others. Leaving the block drains
+    in-flight work up to ``runtime.shutdown_timeout_s``, then cancels.
+    """
+    async with trio.open_nursery() as nursery:
+        runtime = await start_runtime(
+            config, nursery, transports=transports, transport=transport, rng=rng
+        )
+        try:
+            yield runtime
+        finally:
+            with trio.CancelScope(shield=True):
+                grace = runtime.config.runtime.shutdown_timeout_s
+                with trio.move_on_after(grace + 1.0 if math.isfinite(grace) else 30.0):
+                    await runtime.aclose()
+            nursery.cancel_scope.cancel()
