@@ -13,6 +13,8 @@ described, and that each attempt is reported exactly once. The second half runs 
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import NamedTuple
@@ -21,8 +23,36 @@ import httpx
 import pytest
 import trio
 
+from actors.testing._faults import (
+    ContextLengthExceeded,
+    Fault,
+    FaultPlan,
+    MalformedChunk,
+    MidStreamError,
+    MissingTerminator,
+    NoResponse,
+    RateLimited,
+    ResetBeforeHeaders,
+    ServerError,
+    SlowFirstToken,
+    Stall,
+    StreamCut,
+    Unauthorized,
+)
 from actors.testing._script import Chunk, Hang, Head, Pause, Reset, Script, Step
-from actors.testing._server import FakeProvider
+from actors.testing._server import FakeProvider, run_fake_provider
+from protocol._config import ConnectionConfig, ProviderName, Secret
+from protocol._dialect import HttpRequest, dialect_for
+from protocol._errors import ErrorKind
+from protocol._messages import (
+    ChatRequest,
+    Completion,
+    DecodedItem,
+    Failure,
+    Finished,
+    Message,
+    TextDelta,
+)
 
 LIMIT = 10.0  # seconds; generous, only there so that a broken server fails instead of hanging
 
@@ -36,7 +66,7 @@ class Seen(NamedTuple):
     now: float
 
 
-class Finished(NamedTuple):
+class Ended(NamedTuple):
     attempt: int
     outcome: str
     now: float
@@ -49,11 +79,11 @@ class StubSource:
     def __init__(self, *scripts: list[Step]) -> None:
         self.scripts = list(scripts)
         self.seen: list[Seen] = []
-        self.finished: list[Finished] = []
+        self.finished: list[Ended] = []
         self.finish_event = trio.Event()
 
     @property
-    def attempts(self) -> list[Finished]:
+    def attempts(self) -> list[Ended]:
         return self.finished
 
     def respond(
@@ -73,7 +103,7 @@ class StubSource:
         return Script(list(steps), index, "stub")
 
     def finish(self, attempt: int, *, outcome: str, now: float, bytes_sent: int) -> None:
-        self.finished.append(Finished(attempt, outcome, now, bytes_sent))
+        self.finished.append(Ended(attempt, outcome, now, bytes_sent))
         self.finish_event.set()
         self.finish_event = trio.Event()
 
@@ -130,7 +160,7 @@ async def test_single_chunk_body_goes_with_content_length() -> None:
     )
     assert seen.headers["content-length"] == "7"
     assert seen.now >= 0
-    assert source.finished == [Finished(0, "completed", source.finished[0].now, 18)]
+    assert source.finished == [Ended(0, "completed", source.finished[0].now, 18)]
 
 
 async def test_several_chunks_are_streamed_with_chunked_encoding_and_pauses() -> None:
@@ -217,7 +247,7 @@ async def test_reset_mid_stream_breaks_the_body() -> None:
             await read_body(client, fake.url, received)
         await source.wait_finished(1)
     assert received == b"data: 1\n\n"
-    assert source.finished[0] == Finished(0, "reset", source.finished[0].now, 9)
+    assert source.finished[0] == Ended(0, "reset", source.finished[0].now, 9)
 
 
 async def test_hang_before_the_head_until_the_client_times_out() -> None:
@@ -245,7 +275,7 @@ async def test_hang_mid_stream_keeps_the_connection_open() -> None:
             assert received == b"partial"
             assert fake.open_connections == 1
         await source.wait_finished(1)
-    assert source.finished[0] == Finished(0, "hung", source.finished[0].now, 7)
+    assert source.finished[0] == Ended(0, "hung", source.finished[0].now, 7)
 
 
 async def test_client_closing_mid_stream_is_reported_at_once() -> None:
@@ -263,7 +293,7 @@ async def test_client_closing_mid_stream_is_reported_at_once() -> None:
         # time limit is far shorter).
         await source.wait_finished(1)
         await fake.wait_no_connections()
-    assert source.finished[0] == Finished(0, "client_closed", source.finished[0].now, 5)
+    assert source.finished[0] == Ended(0, "client_closed", source.finished[0].now, 5)
 
 
 async def test_pipelined_requests_are_answered_in_order() -> None:
@@ -387,3 +417,346 @@ def test_core_and_core_options_are_exclusive() -> None:
         FakeProvider(core=StubSource(), seed=1, flavour="x")
     with pytest.raises(ValueError, match="port"):
         FakeProvider(core=StubSource(), port=70000)
+
+
+# --------------------------------------------------------------------------- the real core
+
+DIALECTS: list[ProviderName] = ["openai", "anthropic", "gemini", "ollama"]
+PROMPT = [Message(role="user", content="tell me about trio nurseries")]
+
+
+def connection(fake: FakeProvider, dialect: ProviderName) -> ConnectionConfig:
+    return ConnectionConfig(
+        name="fake", provider=dialect, base_url=fake.base_url(dialect), api_key=Secret("k")
+    )
+
+
+def http_request(fake: FakeProvider, dialect: ProviderName, *, stream: bool) -> HttpRequest:
+    request = ChatRequest(model="fake-model", messages=PROMPT, stream=stream)
+    return dialect_for(dialect).chat_request(
+        request, connection(fake, dialect), model="fake-model", stream=stream
+    )
+
+
+async def send(
+    client: httpx.AsyncClient, fake: FakeProvider, dialect: ProviderName, *, stream: bool
+) -> httpx.Response:
+    http = http_request(fake, dialect, stream=stream)
+    return await client.request(http.method, http.url, headers=http.headers, content=http.body)
+
+
+def decode(dialect: ProviderName, body: bytes) -> list[DecodedItem]:
+    decoder = dialect_for(dialect).stream_decoder()
+    return decoder.feed(body) + decoder.close()
+
+
+async def timed_chunks(
+    client: httpx.AsyncClient, fake: FakeProvider, dialect: ProviderName
+) -> tuple[float, list[tuple[float, bytes]]]:
+    """Stream a request: (seconds until the head, [(seconds, chunk)]) from the request start."""
+    http = http_request(fake, dialect, stream=True)
+    start = trio.current_time()
+    chunks: list[tuple[float, bytes]] = []
+    async with client.stream(http.method, http.url, headers=http.headers, content=http.body) as r:
+        head = trio.current_time() - start
+        async for raw in r.aiter_raw():
+            chunks.append((trio.current_time() - start, raw))
+    return head, chunks
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_healthy_answers_parse_in_every_dialect(dialect: ProviderName, stream: bool) -> None:
+    async with serving(FakeProvider(seed=3)) as fake, httpx.AsyncClient() as client:
+        response = await send(client, fake, dialect, stream=stream)
+        await fake.wait_settled()
+    assert response.status_code == 200
+    if stream:
+        assert "transfer-encoding" in response.headers
+        items = decode(dialect, response.content)
+        final = items[-1]
+        assert isinstance(final, Finished), items
+        text = "".join(i.text for i in items if isinstance(i, TextDelta))
+        usage = final.usage
+    else:
+        assert response.headers["content-length"] == str(len(response.content))
+        completion = dialect_for(dialect).parse_chat(response.content)
+        assert isinstance(completion, Completion), completion
+        text, usage = completion.text, completion.usage
+    assert text.strip()
+    [record] = fake.attempts
+    assert (record.dialect, record.fault, record.status) == (dialect, "healthy", 200)
+    assert (record.outcome, record.stream) == ("completed", stream)
+    assert record.usage_reported == usage
+    assert record.bytes_sent == len(response.content)
+
+
+async def test_the_same_seed_gives_the_same_bytes() -> None:
+    bodies = []
+    for _ in range(2):
+        async with serving(FakeProvider(seed=7)) as fake, httpx.AsyncClient() as client:
+            bodies.append((await send(client, fake, "anthropic", stream=True)).content)
+    assert bodies[0] == bodies[1]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_keep_alive_across_dialects_and_attempt_log(dialect: ProviderName) -> None:
+    async with serving(FakeProvider()) as fake, httpx.AsyncClient() as client:
+        for stream in (False, True, False):
+            assert (await send(client, fake, dialect, stream=stream)).status_code == 200
+        assert fake.open_connections == 1
+        await fake.wait_settled()
+    assert [(r.arrival, r.stream, r.outcome) for r in fake.attempts] == [
+        (1, False, "completed"),
+        (2, True, "completed"),
+        (3, False, "completed"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "status", "kind"),
+    [
+        (RateLimited(retry_after=2.0), 429, ErrorKind.RATE_LIMITED),
+        (ServerError(status=500), 500, ErrorKind.SERVER_ERROR),
+        (ServerError(status=503), 503, ErrorKind.OVERLOADED),
+        (Unauthorized(), 401, ErrorKind.AUTH),
+        (ContextLengthExceeded(), 400, ErrorKind.CONTEXT_LENGTH),
+    ],
+    ids=lambda v: getattr(v, "name", str(v)),
+)
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_error_statuses(
+    dialect: ProviderName, fault: Fault, status: int, kind: ErrorKind
+) -> None:
+    async with serving(FakeProvider(plan=FaultPlan.always(fault))) as fake:
+        async with httpx.AsyncClient() as client:
+            response = await send(client, fake, dialect, stream=True)
+        await fake.wait_settled()
+    assert response.status_code == status
+    failure = dialect_for(dialect).classify_error(status, response.headers, response.content)
+    assert failure.kind is kind
+    if isinstance(fault, RateLimited):
+        assert response.headers["retry-after"] == "2"
+        assert failure.retry_after == 2.0
+    [record] = fake.attempts
+    assert (record.fault, record.status, record.outcome) == (fault.name, status, "completed")
+
+
+async def test_rate_limit_header_forms() -> None:
+    plan = FaultPlan(
+        sequence=(
+            RateLimited(retry_after=1.5, header="ms"),
+            RateLimited(retry_after=3.0, header="date"),
+            RateLimited(retry_after=3.0, header="none"),
+        )
+    )
+    async with serving(FakeProvider(plan=plan)) as fake, httpx.AsyncClient() as client:
+        ms, date, none = [await send(client, fake, "openai", stream=False) for _ in range(3)]
+    assert ms.headers["retry-after-ms"] == "1500"
+    assert "retry-after" not in ms.headers
+    assert date.headers["retry-after"].endswith(" GMT")
+    assert "retry-after" not in none.headers
+    assert "retry-after-ms" not in none.headers
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_reset_before_headers(dialect: ProviderName) -> None:
+    async with serving(FakeProvider(plan=FaultPlan.first(1, ResetBeforeHeaders()))) as fake:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.TransportError) as info:
+                await send(client, fake, dialect, stream=True)
+            assert not isinstance(info.value, httpx.TimeoutException)
+            # The next request (arrival 2) is healthy, on a fresh connection.
+            assert (await send(client, fake, dialect, stream=True)).status_code == 200
+        await fake.wait_settled()
+    first, second = fake.attempts
+    assert (first.fault, first.status, first.outcome) == ("reset_before_headers", None, "reset")
+    assert second.outcome == "completed"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_no_response_until_the_client_times_out(dialect: ProviderName) -> None:
+    async with serving(FakeProvider(plan=FaultPlan.always(NoResponse()))) as fake:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.1)) as client:
+            with pytest.raises(httpx.ReadTimeout):
+                await send(client, fake, dialect, stream=False)
+        await fake.wait_settled()
+        await fake.wait_no_connections()
+    [record] = fake.attempts
+    assert (record.fault, record.status, record.outcome) == ("no_response", None, "hung")
+    assert record.duration is not None
+    assert record.duration >= 0.1
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_slow_first_token_sends_the_head_at_once(dialect: ProviderName) -> None:
+    plan = FaultPlan.always(SlowFirstToken(seconds=0.2))
+    async with serving(FakeProvider(plan=plan)) as fake, httpx.AsyncClient() as client:
+        head, chunks = await timed_chunks(client, fake, dialect)
+    assert chunks[0][0] >= 0.2
+    assert head < chunks[0][0]
+    assert isinstance(decode(dialect, b"".join(c for _, c in chunks))[-1], Finished)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_stall_then_continue(dialect: ProviderName) -> None:
+    plan = FaultPlan.always(Stall(after_tokens=2, seconds=0.2))
+    async with serving(FakeProvider(plan=plan)) as fake, httpx.AsyncClient() as client:
+        _, chunks = await timed_chunks(client, fake, dialect)
+        await fake.wait_settled()
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(chunks)]
+    assert max(gaps) >= 0.2
+    items = decode(dialect, b"".join(c for _, c in chunks))
+    assert isinstance(items[-1], Finished)
+    # The stall sits right after the second token.
+    before = b"".join(c for t, c in chunks if t < chunks[0][0] + max(gaps) - 0.01)
+    assert len([i for i in decode(dialect, before) if isinstance(i, TextDelta)]) >= 1
+    assert fake.attempts[0].outcome == "completed"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_stall_then_hang_keeps_the_stream_open(dialect: ProviderName) -> None:
+    plan = FaultPlan.always(Stall(after_tokens=1, then="hang"))
+    received = bytearray()
+    async with serving(FakeProvider(plan=plan)) as fake:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=0.1)) as client:
+            http = http_request(fake, dialect, stream=True)
+            with pytest.raises(httpx.ReadTimeout):
+                await stream_into(client, http, received)
+        await fake.wait_settled()
+    items = decode(dialect, bytes(received))
+    assert any(isinstance(i, TextDelta) for i in items)
+    assert isinstance(items[-1], Failure)  # cut: no terminator
+    [record] = fake.attempts
+    assert (record.outcome, record.tokens_emitted, record.bytes_sent) == (
+        "hung",
+        1,
+        len(received),
+    )
+
+
+async def stream_into(client: httpx.AsyncClient, http: HttpRequest, into: bytearray) -> None:
+    async with client.stream(http.method, http.url, headers=http.headers, content=http.body) as r:
+        async for raw in r.aiter_raw():
+            into += raw
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_stream_cut_by_reset(dialect: ProviderName) -> None:
+    plan = FaultPlan.always(StreamCut(after_tokens=2, how="reset"))
+    received = bytearray()
+    async with serving(FakeProvider(plan=plan)) as fake:
+        async with httpx.AsyncClient() as client:
+            with pytest.raises(httpx.TransportError):
+                await stream_into(client, http_request(fake, dialect, stream=True), received)
+        await fake.wait_settled()
+    items = decode(dialect, bytes(received))
+    assert isinstance(items[-1], Failure)
+    assert items[-1].kind is ErrorKind.STREAM_INTERRUPTED
+    [record] = fake.attempts
+    assert (record.outcome, record.tokens_emitted) == ("reset", 2)
+    assert record.bytes_sent == len(received)
+
+
+@pytest.mark.parametrize(
+    ("fault", "kinds"),
+    [
+        (StreamCut(after_tokens=2, how="eof"), {ErrorKind.STREAM_INTERRUPTED}),
+        (MissingTerminator(), {ErrorKind.STREAM_INTERRUPTED}),
+        (MalformedChunk(after_tokens=1), {ErrorKind.PROTOCOL, ErrorKind.STREAM_INTERRUPTED}),
+        (MidStreamError(after_tokens=1), {ErrorKind.OVERLOADED, ErrorKind.SERVER_ERROR}),
+    ],
+    ids=lambda v: getattr(v, "name", ""),
+)
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_broken_streams_with_a_clean_http_end(
+    dialect: ProviderName, fault: Fault, kinds: set[ErrorKind]
+) -> None:
+    async with serving(FakeProvider(plan=FaultPlan.always(fault))) as fake:
+        async with httpx.AsyncClient() as client:
+            response = await send(client, fake, dialect, stream=True)
+        await fake.wait_settled()
+    assert response.status_code == 200  # HTTP itself ended cleanly
+    items = decode(dialect, response.content)
+    assert isinstance(items[-1], Failure), items[-3:]
+    assert items[-1].kind in kinds
+    assert not any(isinstance(i, Finished) for i in items)
+    assert fake.attempts[0].outcome == "completed"
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_non_streamed_body_cut_in_half(dialect: ProviderName) -> None:
+    plan = FaultPlan.always(StreamCut(how="eof"))
+    async with serving(FakeProvider(plan=plan)) as fake, httpx.AsyncClient() as client:
+        response = await send(client, fake, dialect, stream=False)
+    assert response.status_code == 200
+    parsed = dialect_for(dialect).parse_chat(response.content)
+    assert isinstance(parsed, Failure)
+
+
+async def test_client_closing_mid_stream_is_logged_with_what_it_received() -> None:
+    fake = FakeProvider(token_interval=0.05, answer_tokens=40)
+    async with serving(fake):
+        http = http_request(fake, "openai", stream=True)
+        stream = await trio.open_tcp_stream("127.0.0.1", port_of(fake))
+        async with stream:
+            path = http.url[len(fake.url) :]
+            head = f"POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            await stream.send_all(f"{head}content-length: {len(http.body)}\r\n\r\n".encode())
+            await stream.send_all(http.body)
+            data = b""
+            while data.count(b"data: ") < 3:
+                data += await stream.receive_some(65536)
+        await fake.wait_settled()
+    [record] = fake.attempts
+    assert record.outcome == "client_closed"
+    assert record.status == 200
+    assert 1 <= record.tokens_emitted < 40
+    assert record.usage_reported is None  # the usage chunk never went out
+    assert record.bytes_sent >= len(data.partition(b"\r\n\r\n")[2]) // 2
+
+
+async def test_concurrent_streams_with_the_core() -> None:
+    fake = FakeProvider(token_interval=0.02, answer_tokens=5)
+    results: list[DecodedItem] = []
+    async with serving(fake):
+
+        async def one(dialect: ProviderName) -> None:
+            async with httpx.AsyncClient() as client:
+                response = await send(client, fake, dialect, stream=True)
+                results.append(decode(dialect, response.content)[-1])
+
+        async with trio.open_nursery() as nursery:
+            for i in range(12):
+                nursery.start_soon(one, DIALECTS[i % 4])
+        await fake.wait_settled()
+        await fake.wait_no_connections()
+    assert len(results) == 12
+    assert all(isinstance(r, Finished) for r in results)
+    assert sorted(r.arrival for r in fake.attempts) == list(range(1, 13))
+
+
+async def test_run_fake_provider_reports_its_url() -> None:
+    urls: list[str] = []
+    with trio.fail_after(LIMIT):
+        async with trio.open_nursery() as nursery:
+            ready = trio.Event()
+
+            def on_ready(url: str) -> None:
+                urls.append(url)
+                ready.set()
+
+            nursery.start_soon(
+                functools.partial(
+                    run_fake_provider, host="127.0.0.1", port=0, plan=None, seed=1, ready=on_ready
+                )
+            )
+            await ready.wait()
+            async with httpx.AsyncClient() as client:
+                response = await client.post(
+                    urls[0] + "/api/chat",
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                )
+            nursery.cancel_scope.cancel()
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("application/")
