@@ -179,16 +179,12 @@ class _Bucket:
             self.stamp = now
 
 
-class _Loan:
-    """What one outstanding grant drew, so settling it touches the right buckets."""
+_Loan = tuple[float, int, float, int]
+"""What one outstanding grant drew, so settling it touches the right buckets: (tokens drawn
+from ours, generation of the learned request bucket it drew from or -1, tokens drawn from the
+learned token bucket, its generation or -1). A tuple: it is built on every request."""
 
-    __slots__ = ("learned_requests", "learned_tokens", "tokens_ours", "tokens_theirs")
-
-    def __init__(self) -> None:
-        self.tokens_ours = 0.0
-        self.tokens_theirs = 0.0
-        self.learned_requests = -1  # generation drawn from, -1: none
-        self.learned_tokens = -1
+_NO_LOAN: _Loan = (0.0, -1, 0.0, -1)
 
 
 def _positive(name: str, value: int | None) -> int | None:
@@ -271,6 +267,8 @@ class Limiter:
         anyone is queued (use `enqueue` then), so nobody overtakes a waiter."""
         if self._queue:
             return _QUEUED
+        if tokens_estimate < 0:
+            raise ValueError("tokens_estimate must be >= 0")
         if self._learned_requests is not None or self._learned_tokens is not None:
             self._expire(now)
         blocked = self._blocker(tokens_estimate, now)
@@ -321,13 +319,16 @@ class Limiter:
             return False
         if actual_tokens is None:
             return True
+        if actual_tokens < 0:
+            actual_tokens = 0  # junk usage from a provider: treat as nothing used
+        ours, _, theirs, theirs_generation = loan
         if self._tokens is not None:
-            delta = loan.tokens_ours - actual_tokens
+            delta = ours - actual_tokens
             if delta:
                 self._tokens.add(delta, now)
         learned = self._learned_tokens
-        if learned is not None and learned.generation == loan.learned_tokens:
-            delta = loan.tokens_theirs - actual_tokens
+        if learned is not None and learned.generation == theirs_generation:
+            delta = theirs - actual_tokens
             if delta:
                 learned.add(delta, now)
         return True
@@ -338,16 +339,17 @@ class Limiter:
         loan = self._loans.pop(grant.id, None)
         if loan is None:
             return False
+        ours, requests_generation, theirs, theirs_generation = loan
         if self._requests is not None:
             self._requests.add(1.0, now)
-        if self._tokens is not None and loan.tokens_ours:
-            self._tokens.add(loan.tokens_ours, now)
+        if self._tokens is not None and ours:
+            self._tokens.add(ours, now)
         learned = self._learned_requests
-        if learned is not None and learned.generation == loan.learned_requests:
+        if learned is not None and learned.generation == requests_generation:
             learned.add(1.0, now)
         learned = self._learned_tokens
-        if learned is not None and learned.generation == loan.learned_tokens:
-            learned.add(loan.tokens_theirs, now)
+        if learned is not None and learned.generation == theirs_generation:
+            learned.add(theirs, now)
         return True
 
     def abandon_in_flight(self) -> int:
@@ -422,44 +424,47 @@ class Limiter:
             return Wait(until=None, reason="concurrency")
         until = self._parked_until
         reason: WaitReason = "parked"
-        if (
-            not self._no_buckets
-            or self._learned_requests is not None
-            or self._learned_tokens is not None
+        requests, theirs, tokens_bucket, learned = (
+            self._requests,
+            self._learned_requests,
+            self._tokens,
+            self._learned_tokens,
+        )
+        if requests is not None and (ready := requests.ready_at(1.0)) > until:
+            until, reason = ready, "requests"
+        if theirs is not None and (ready := theirs.ready_at(1.0)) > until:
+            until, reason = ready, "requests"
+        if tokens_bucket is not None and (
+            (ready := tokens_bucket.ready_at(tokens_bucket.cost(tokens))) > until
         ):
-            for bucket, cost, kind in (
-                (self._requests, 1.0, "requests"),
-                (self._learned_requests, 1.0, "requests"),
-                (self._tokens, float(tokens), "tokens"),
-                (self._learned_tokens, float(tokens), "tokens"),
-            ):
-                if bucket is not None:
-                    ready = bucket.ready_at(bucket.cost(cost))
-                    if ready > until:
-                        until = ready
-                        reason = "requests" if kind == "requests" else "tokens"
+            until, reason = ready, "tokens"
+        if learned is not None and (ready := learned.ready_at(learned.cost(tokens))) > until:
+            until, reason = ready, "tokens"
         if until > now:
             return Wait(until=until, reason=reason)
         return None
 
     def _grant(self, tokens: int, now: float) -> Grant:
-        loan = _Loan()
-        if self._requests is not None:
-            self._requests.add(-1.0, now)
-        if self._tokens is not None:
-            cost = self._tokens.cost(float(tokens))
-            self._tokens.add(-cost, now)
-            loan.tokens_ours = cost
-        learned = self._learned_requests
-        if learned is not None:
-            learned.add(-1.0, now)
-            loan.learned_requests = learned.generation
-        learned = self._learned_tokens
-        if learned is not None:
-            cost = learned.cost(float(tokens))
-            learned.add(-cost, now)
-            loan.tokens_theirs = cost
-            loan.learned_tokens = learned.generation
+        if self._no_buckets and self._learned_requests is None and self._learned_tokens is None:
+            loan = _NO_LOAN
+        else:
+            ours = theirs = 0.0
+            requests_generation = tokens_generation = -1
+            if self._requests is not None:
+                self._requests.add(-1.0, now)
+            if self._tokens is not None:
+                ours = self._tokens.cost(tokens)
+                self._tokens.add(-ours, now)
+            learned = self._learned_requests
+            if learned is not None:
+                learned.add(-1.0, now)
+                requests_generation = learned.generation
+            learned = self._learned_tokens
+            if learned is not None:
+                theirs = learned.cost(tokens)
+                learned.add(-theirs, now)
+                tokens_generation = learned.generation
+            loan = (ours, requests_generation, theirs, tokens_generation)
         grant_id = self._next_id
         self._next_id = grant_id + 1
         self._loans[grant_id] = loan
