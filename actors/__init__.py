@@ -1,7 +1,92 @@
-"""Who acts: mailboxes and actor refs, provider connection actors, the router, the gateway and
-its client. The fault-injection kit lives in `actors.testing`.
+"""Who acts: mailboxes and actor refs, provider connections (`Connection` + `ProviderActor`),
+the breaker/retry/limiter machines, the router, and the metrics they record.
+The fault-injection kit lives in `actors.testing`.
 
 Imports `protocol`, never `supervisors` (a test keeps it so).
 """
 
-__all__: list[str] = []
+from ._admission import Admission as Admission
+from ._admission import AdmissionStatistics as AdmissionStatistics
+from ._admission import AdmissionTimeout as AdmissionTimeout
+from ._breaker import Breaker as Breaker
+from ._breaker import BreakerSnapshot as BreakerSnapshot
+from ._breaker import BreakerState as BreakerState
+from ._breaker import BreakerTransitionError as BreakerTransitionError
+from ._breaker import Permit as Permit
+from ._breaker import Refusal as Refusal
+from ._breaker import Transition as Transition
+from ._http_errors import failure_from_exception as failure_from_exception
+from ._limiter import Grant as Grant
+from ._limiter import Limiter as Limiter
+from ._limiter import LimiterSnapshot as LimiterSnapshot
+from ._limiter import Wait as Wait
+from ._mailbox import Envelope as Envelope
+from ._mailbox import Mailbox as Mailbox
+from ._mailbox import MailboxClosed as MailboxClosed
+from ._mailbox import MailboxStatistics as MailboxStatistics
+from ._mailbox import QueueFull as QueueFull
+from ._mailbox import ask as ask
+from ._mailbox import ask_stream as ask_stream
+from ._metrics import ConnectionMetrics as ConnectionMetrics
+from ._metrics import ConnectionMetricsSnapshot as ConnectionMetricsSnapshot
+from ._metrics import HistogramSnapshot as HistogramSnapshot
+from ._metrics import ModelUsage as ModelUsage
+from ._metrics import cost_of as cost_of
+from ._metrics import price_for as price_for
+from ._metrics import prometheus_text as prometheus_text
+from ._provider import Call as Call
+from ._provider import Connection as Connection
+from ._provider import ConnectionStatistics as ConnectionStatistics
+from ._provider import ProviderActor as ProviderActor
+from ._provider import ReplyStream as ReplyStream
+from ._retry import RetryBudget as RetryBudget
+from ._retry import RetryBudgetSnapshot as RetryBudgetSnapshot
+from ._retry import RetryDecision as RetryDecision
+from ._retry import RetryPolicy as RetryPolicy
+from ._router import ResolvedTarget as ResolvedTarget
+from ._router import Router as Router
+from ._router import RouterStream as RouterStream
+
+__all__ = [
+    "Admission",
+    "AdmissionStatistics",
+    "AdmissionTimeout",
+    "Breaker",
+    "BreakerSnapshot",
+    "BreakerState",
+    "BreakerTransitionError",
+    "Call",
+    "Connection",
+    "ConnectionMetrics",
+    "ConnectionMetricsSnapshot",
+    "ConnectionStatistics",
+    "Envelope",
+    "Grant",
+    "HistogramSnapshot",
+    "Limiter",
+    "LimiterSnapshot",
+    "Mailbox",
+    "MailboxClosed",
+    "MailboxStatistics",
+    "ModelUsage",
+    "Permit",
+    "ProviderActor",
+    "QueueFull",
+    "Refusal",
+    "ReplyStream",
+    "ResolvedTarget",
+    "RetryBudget",
+    "RetryBudgetSnapshot",
+    "RetryDecision",
+    "RetryPolicy",
+    "Router",
+    "RouterStream",
+    "Transition",
+    "Wait",
+    "ask",
+    "ask_stream",
+    "cost_of",
+    "failure_from_exception",
+    "price_for",
+    "prometheus_text",
+]

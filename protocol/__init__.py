@@ -18,6 +18,16 @@ from ._config import RuntimeSettings as RuntimeSettings
 from ._config import Secret as Secret
 from ._config import Target as Target
 from ._config import TimeoutConfig as TimeoutConfig
+from ._config import secret_enc_hook as secret_enc_hook
+from ._config_load import PRESETS as PRESETS
+from ._config_load import Preset as Preset
+from ._config_load import config_from_dict as config_from_dict
+from ._config_load import config_problems as config_problems
+from ._config_load import connection_from_dict as connection_from_dict
+from ._config_load import dumps_config as dumps_config
+from ._config_load import load_config as load_config
+from ._config_load import loads_config as loads_config
+from ._config_load import missing_keys as missing_keys
 from ._dialect import Dialect as Dialect
 from ._dialect import HttpRequest as HttpRequest
 from ._dialect import StreamDecoder as StreamDecoder
@@ -84,6 +94,8 @@ __all__ = [
     "MailboxConfig",
     "Message",
     "POLICIES",
+    "PRESETS",
+    "Preset",
     "Price",
     "ProtocolError",
     "ProviderName",
@@ -113,12 +125,20 @@ __all__ = [
     "ToolUsePart",
     "Usage",
     "UsageUpdate",
+    "config_from_dict",
+    "config_problems",
+    "connection_from_dict",
     "counts_against_breaker",
     "dialect_for",
+    "dumps_config",
     "is_retryable",
+    "load_config",
+    "loads_config",
+    "missing_keys",
     "parks_limiter",
     "parse_duration",
     "parse_rate_limit_headers",
     "parse_retry_after",
     "policy",
+    "secret_enc_hook",
 ]
