@@ -297,6 +297,17 @@ def test_non_positive_limits_are_rejected_early(field: str) -> None:
         Limiter(RateLimitConfig(**{field: 0}))
 
 
+def test_negative_estimates_are_rejected_and_negative_usage_counts_as_none() -> None:
+    lim = limiter(tpm=600)
+    with pytest.raises(ValueError, match="tokens_estimate"):
+        lim.reserve(-1, 0.0)
+    with pytest.raises(ValueError, match="tokens_estimate"):
+        lim.enqueue("t", -1, 0.0)
+    g = grant(lim.reserve(100, 0.0))
+    assert lim.finish(g, -50, 0.0)
+    assert lim.snapshot(0.0).available_tokens == 600
+
+
 def test_odd_rates_wake_exactly_when_predicted() -> None:
     # 7 per minute: times like 60/7 are not exact in binary. Polling at the predicted time
     # must admit, never bounce (a bounce would be a busy loop in the async shell).
