@@ -23,10 +23,12 @@ import httpx
 import pytest
 import trio
 
+from actors.testing._checker import InvariantViolation, check_client, check_stream_client
 from actors.testing._faults import (
     ContextLengthExceeded,
     Fault,
     FaultPlan,
+    Healthy,
     MalformedChunk,
     MidStreamError,
     MissingTerminator,
@@ -760,3 +762,136 @@ async def test_run_fake_provider_reports_its_url() -> None:
             nursery.cancel_scope.cancel()
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("application/")
+
+
+# --------------------------------------------------------------------------- the checker
+
+MIXED_FAULTS = FaultPlan(
+    sequence=(
+        Healthy(),
+        RateLimited(retry_after=1.0),
+        ServerError(status=503),
+        ResetBeforeHeaders(),
+        NoResponse(),
+        StreamCut(after_tokens=1),
+        Stall(after_tokens=1, then="hang"),
+        MalformedChunk(),
+        SlowFirstToken(seconds=0.05),
+        MidStreamError(),
+        MissingTerminator(),
+        Stall(after_tokens=1, seconds=5.0),  # longer than the deadline
+    )
+)
+
+
+class SimpleClient:
+    """A trivially correct client: httpx plus a dialect, a read timeout and a deadline."""
+
+    def __init__(
+        self, fake: FakeProvider, dialect: ProviderName, *, read_timeout: float | None = 0.2
+    ) -> None:
+        self.conn = connection(fake, dialect)
+        self.dialect = dialect_for(dialect)
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(5.0, read=read_timeout))
+
+    def _request(self, request: ChatRequest) -> HttpRequest:
+        return self.dialect.chat_request(
+            request, self.conn, model=request.model, stream=request.stream
+        )
+
+    async def chat(self, request: ChatRequest) -> Completion | Failure:
+        assert request.timeout is not None
+        http = self._request(request)
+        with trio.move_on_after(request.timeout):
+            try:
+                response = await self.http.request(
+                    http.method, http.url, headers=http.headers, content=http.body
+                )
+            except httpx.TimeoutException as exc:
+                return Failure.of(ErrorKind.TIMEOUT, str(exc))
+            except httpx.TransportError as exc:
+                return Failure.of(ErrorKind.CONNECTION, str(exc))
+            if response.status_code >= 400:
+                return self.dialect.classify_error(
+                    response.status_code, response.headers, response.content
+                )
+            return self.dialect.parse_chat(response.content)
+        return Failure.of(ErrorKind.DEADLINE, "deadline exceeded")
+
+    async def stream(self, request: ChatRequest) -> AsyncIterator[DecodedItem]:
+        assert request.timeout is not None
+        http = self._request(request)
+        decoder = self.dialect.stream_decoder()
+        items: list[DecodedItem] = []
+        # The whole exchange runs under the deadline before anything is yielded: a cancel
+        # scope must not span a yield. The body is always read to its end or to an exception
+        # (never abandoned with `break`, which leaves httpx's generators to the GC).
+        with trio.move_on_after(request.timeout) as scope:
+            try:
+                async with self.http.stream(
+                    http.method, http.url, headers=http.headers, content=http.body
+                ) as response:
+                    if response.status_code >= 400:
+                        body = await response.aread()
+                        items.append(
+                            self.dialect.classify_error(
+                                response.status_code, response.headers, body
+                            )
+                        )
+                    else:
+                        async for raw in response.aiter_raw():
+                            items += decoder.feed(raw)
+                        items += decoder.close()
+            except httpx.TimeoutException as exc:
+                items.append(Failure.of(ErrorKind.TIMEOUT, str(exc)))
+            except httpx.TransportError as exc:
+                items.append(Failure.of(ErrorKind.CONNECTION, str(exc)))
+        if scope.cancelled_caught:
+            items.append(Failure.of(ErrorKind.DEADLINE, "deadline exceeded"))
+        for item in items:
+            yield item
+            if isinstance(item, Finished | Failure):
+                return
+
+
+def mixed_requests(stream: bool) -> list[ChatRequest]:
+    return [
+        ChatRequest(model="fake-model", messages=PROMPT, stream=stream, timeout=0.5)
+        for _ in MIXED_FAULTS.sequence
+    ]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_simple_correct_client_passes_the_checker(dialect: ProviderName) -> None:
+    async with serving(FakeProvider(plan=MIXED_FAULTS)) as fake:
+        client = SimpleClient(fake, dialect)
+        report = await check_client(
+            client.chat, mixed_requests(False), provider=fake, close=client.http.aclose
+        )
+    assert len(report.outcomes) == len(MIXED_FAULTS.sequence)
+    assert report.completed >= 1
+    assert {"rate_limited", "overloaded", "connection", "timeout"} <= set(report.failures)
+    assert len(fake.attempts) == len(MIXED_FAULTS.sequence)
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_simple_correct_stream_client_passes_the_checker(dialect: ProviderName) -> None:
+    async with serving(FakeProvider(plan=MIXED_FAULTS)) as fake:
+        # No read timeout: the hangs and stalls run into the request's deadline instead.
+        client = SimpleClient(fake, dialect, read_timeout=None)
+        report = await check_stream_client(
+            client.stream, mixed_requests(True), provider=fake, close=client.http.aclose
+        )
+    assert report.completed >= 1
+    assert {"stream_interrupted", "deadline", "connection", "overloaded"} <= set(report.failures)
+
+
+async def test_the_checker_sees_sockets_a_client_leaves_open() -> None:
+    async with serving(FakeProvider()) as fake:
+        client = SimpleClient(fake, "openai")
+        with pytest.raises(InvariantViolation) as info:
+            await check_client(client.chat, mixed_requests(False)[:2], provider=fake, grace=0.2)
+        await client.http.aclose()
+    problems = " | ".join(v.problem for v in info.value.violations)
+    assert "connection(s) to the provider still open" in problems
+    assert "task(s) still running" in problems  # the server's handlers of those connections
