@@ -63,6 +63,11 @@ from ._provider import Call, Connection
 
 DEFAULT_ROUTE = RouteConfig(targets=[])
 
+STRATEGIES = frozenset({"priority", "weighted", "least_busy", "lowest_latency"})
+
+# How a model that does not accept an assistant prefill refuses a continuation.
+_PREFILL_REJECTIONS = frozenset({ErrorKind.BAD_REQUEST, ErrorKind.UNSUPPORTED})
+
 
 class ResolvedTarget(msgspec.Struct, frozen=True, kw_only=True):
     """A place a request can go: a connection and the provider model name on it."""
@@ -257,6 +262,9 @@ class Router:
         route, targets = self._plan(request)
         if not targets:
             return self._no_target(request)
+        invalid = self._invalid_strategy(request, route)
+        if invalid is not None:
+            return invalid
         deadline = self._deadline(request, targets)
         attempts = 0
         waits: list[float] = []
@@ -265,7 +273,9 @@ class Router:
         queue = list(targets)
         while queue:
             target = queue.pop(0)
-            conn = self.connections[target.connection]
+            conn = self.connections.get(target.connection)
+            if conn is None:  # removed while this request was being routed
+                continue
             wait = conn.unavailable_for(trio.current_time())
             if wait is not None:
                 waits.append(wait)
@@ -288,12 +298,26 @@ class Router:
                 used_context_fallback = True
                 queue = self.targets_for(route.context_fallback)
                 continue
-            if result.kind not in route.failover_on:
+            if result.kind not in route.failover_on or not queue:
                 break
-            if queue:
-                self.failovers += 1
+            self.failovers += 1
         if last is None:
             return self._all_unavailable(request, waits, attempts)
+        return self._final_failure(request, last, waits, attempts, deadline)
+
+    def _final_failure(
+        self,
+        request: ChatRequest | EmbedRequest,
+        last: Failure,
+        waits: list[float],
+        attempts: int,
+        deadline: float,
+    ) -> Failure:
+        """The failure the caller gets: the last one, with every target's attempts; an
+        unavailable last target reports the earliest retry-after of all; a spent deadline
+        is reported as ``deadline`` (naming the last failure)."""
+        if last.kind is ErrorKind.CIRCUIT_OPEN and waits:
+            last = msgspec.structs.replace(last, retry_after=min(waits))
         if trio.current_time() >= deadline and last.kind is not ErrorKind.DEADLINE:
             last = msgspec.structs.replace(
                 last,
@@ -302,6 +326,20 @@ class Router:
                 message=f"deadline passed; last failure: {last.message}",
             )
         return msgspec.structs.replace(last, attempts=attempts)
+
+    def _invalid_strategy(
+        self, request: ChatRequest | EmbedRequest, route: RouteConfig
+    ) -> Failure | None:
+        strategy = getattr(request, "strategy", None) or route.strategy
+        if strategy in STRATEGIES:
+            return None
+        return Failure.of(
+            ErrorKind.BAD_REQUEST,
+            f"unknown routing strategy {strategy!r}; expected one of: "
+            f"{', '.join(sorted(STRATEGIES))}",
+            model=request.model,
+            request_id=request.request_id,
+        )
 
     # -- streamed -----------------------------------------------------------------------
 
@@ -341,9 +379,30 @@ class Router:
     async def _stream_targets(
         self, request: ChatRequest, send: trio.MemorySendChannel[StreamEvent]
     ) -> Completion | Failure:
+        """Theory of operation (one routed stream):
+
+        Targets are tried in order. Each try is one target (`_one_stream`) or, when the
+        route hedges and nothing reached the caller yet, a race of the target and the next
+        available one (`_hedged`). A try ends with a completion (done: for a continuation
+        the completion's text is prefixed with the text the caller already holds), or with
+        a failure, which is then handled by what the caller has seen:
+
+        - nothing since the last `Restart`: ordinary failover (``failover_on``,
+          ``context_fallback``), exactly as for `chat`;
+        - events: the route's ``mid_stream`` policy - ``fail`` returns the failure,
+          ``restart`` sends `Restart` and runs the original request on the next target,
+          ``continue`` appends the text so far as an assistant message and sends the
+          continuation to the next target that supports prefill (or restarts if none does);
+        - a continuation refused before any event (``bad_request``/``unsupported``: the
+          prefill rejection) falls back to ``restart`` on that same target, so the
+          rejection is never the caller's final error.
+        """
         route, targets = self._plan(request)
         if not targets:
             return self._no_target(request)
+        invalid = self._invalid_strategy(request, route)
+        if invalid is not None:
+            return invalid
         deadline = self._deadline(request, targets)
         attempts = 0
         waits: list[float] = []
@@ -353,41 +412,57 @@ class Router:
         used_context_fallback = False
         queue = list(targets)
         current = request
+        prefix = ""
         while queue:
             target = queue.pop(0)
-            conn = self.connections[target.connection]
+            conn = self.connections.get(target.connection)
+            if conn is None:
+                continue
             wait = conn.unavailable_for(trio.current_time())
             if wait is not None:
                 waits.append(wait)
                 continue
             if trio.current_time() >= deadline:
                 break
+            partner = None
             hedge = self._hedge_delay(route, conn) if queue and not emitted_any else None
             if hedge is not None:
                 partner = self._next_available(queue)
-                if partner is not None:
-                    queue.remove(partner)
-                    winner_result, n, out = await self._hedged(
-                        current, target, partner, deadline, send, hedge
-                    )
-                    attempts += n
-                    result = winner_result
-                    emitted_any = emitted_any or out
-                    if not isinstance(result, Failure):
-                        return msgspec.structs.replace(result, attempts=attempts)
-                    last = result
-                    if result.kind not in route.failover_on:
-                        break
-                    continue
-            result, out, text = await self._one_stream(current, target, deadline, send, bool(queue))
-            attempts += result.attempts
+            if partner is not None and hedge is not None:
+                queue.remove(partner)
+                result, n, out, text = await self._hedged(
+                    current, target, partner, deadline, send, hedge, bool(queue)
+                )
+            else:
+                result, out, text = await self._one_stream(
+                    current, target, deadline, send, bool(queue)
+                )
+                n = result.attempts
+            attempts += n
             emitted_any = emitted_any or out
             emitted_text.extend(text)
             if not isinstance(result, Failure):
+                if prefix:
+                    result = msgspec.structs.replace(result, text=prefix + result.text)
                 return msgspec.structs.replace(result, attempts=attempts)
             last = result
             if result.retry_after is not None:
                 waits.append(result.retry_after)
+            if prefix and not out and result.kind in _PREFILL_REJECTIONS:
+                # The continuation was refused: restart the original request on that target.
+                prefix = ""
+                current = request
+                emitted_text.clear()
+                emitted_any = False
+                queue.insert(0, target)
+                await send.send(
+                    Restart(
+                        reason=f"prefill rejected: {result.message}",
+                        connection=target.connection,
+                        model=target.model,
+                    )
+                )
+                continue
             if (
                 result.kind is ErrorKind.CONTEXT_LENGTH
                 and route.context_fallback
@@ -399,45 +474,46 @@ class Router:
                 continue
             if result.kind not in route.failover_on or not queue:
                 break
+            if emitted_any and route.mid_stream == "fail":
+                break
             self.failovers += 1
-            if emitted_any:
-                if route.mid_stream == "fail":
-                    break
-                prefill_target = None
-                if route.mid_stream == "continue":
-                    prefill_target = next(
-                        (
-                            t
-                            for t in queue
-                            if self.connections[t.connection].config.supports_prefill
-                        ),
-                        None,
+            if not emitted_any:
+                continue
+            prefill_target = None
+            if route.mid_stream == "continue" and emitted_text:
+                prefill_target = next(
+                    (
+                        t
+                        for t in queue
+                        if (c := self.connections.get(t.connection)) is not None
+                        and c.config.supports_prefill
+                    ),
+                    None,
+                )
+            if prefill_target is not None:
+                queue.remove(prefill_target)
+                queue.insert(0, prefill_target)
+                prefix = "".join(emitted_text)
+                current = msgspec.structs.replace(
+                    request,
+                    messages=[*request.messages, Message(role="assistant", content=prefix)],
+                )
+            else:
+                nxt = queue[0]
+                await send.send(
+                    Restart(
+                        reason=f"{result.kind.value}: {result.message}",
+                        connection=nxt.connection,
+                        model=nxt.model,
                     )
-                if prefill_target is not None and emitted_text:
-                    queue.remove(prefill_target)
-                    queue.insert(0, prefill_target)
-                    current = msgspec.structs.replace(
-                        request,
-                        messages=[
-                            *request.messages,
-                            Message(role="assistant", content="".join(emitted_text)),
-                        ],
-                    )
-                else:
-                    nxt = queue[0]
-                    await send.send(
-                        Restart(
-                            reason=f"{result.kind.value}: {result.message}",
-                            connection=nxt.connection,
-                            model=nxt.model,
-                        )
-                    )
-                    emitted_text.clear()
-                    emitted_any = False
-                    current = request
+                )
+                emitted_text.clear()
+                emitted_any = False
+                prefix = ""
+                current = request
         if last is None:
             return self._all_unavailable(request, waits, attempts)
-        return msgspec.structs.replace(last, attempts=attempts)
+        return self._final_failure(request, last, waits, attempts, deadline)
 
     def _hedge_delay(self, route: RouteConfig, conn: Connection) -> float | None:
         hedge = route.hedge_after_s
@@ -485,54 +561,70 @@ class Router:
         deadline: float,
         send: trio.MemorySendChannel[StreamEvent],
         delay: float,
-    ) -> tuple[Completion | Failure, int, bool]:
-        """Race *first* against *second* started *delay* seconds later; the first target to
-        produce an event wins and the other is cancelled."""
+        more_targets: bool,
+    ) -> tuple[Completion | Failure, int, bool, list[str]]:
+        """Race *first* against *second*, started *delay* seconds later (or as soon as
+        *first* ends without an event). The first target to produce an event wins and the
+        other is cancelled (its connection records its usage as wasted). Returns (result,
+        attempts, emitted anything, emitted text)."""
         winner: list[str] = []
         results: dict[str, Completion | Failure] = {}
-        first_event = trio.Event()
-        emitted = False
+        started: set[str] = set()
+        texts: dict[str, list[str]] = {"a": [], "b": []}
+        scopes: dict[str, trio.CancelScope] = {}
+        wake_second = trio.Event()
 
         async def run(target: ResolvedTarget, key: str, start_after: float) -> None:
-            nonlocal emitted
             if start_after:
                 with trio.move_on_after(start_after):
-                    await first_event.wait()
-                if first_event.is_set():
+                    await wake_second.wait()
+                if winner:
                     return
-            conn = self.connections[target.connection]
+            conn = self.connections.get(target.connection)
+            if conn is None:
+                return
+            started.add(key)
+            failover = True if key == "a" else more_targets
             with trio.CancelScope() as scope:
                 scopes[key] = scope
-                async with conn.stream(request, model=target.model, deadline=deadline) as s:
+                async with conn.stream(
+                    request, model=target.model, deadline=deadline, failover_available=failover
+                ) as s:
                     async for event in s:
                         if not winner:
                             winner.append(key)
-                            first_event.set()
+                            wake_second.set()
                             other = "b" if key == "a" else "a"
                             if other in scopes:
                                 scopes[other].cancel()
                         if winner[0] != key:
                             break
-                        emitted = True
+                        if isinstance(event, TextDelta):
+                            texts[key].append(event.text)
                         await send.send(event)
                     results[key] = await s.wait()
+            if key == "a":
+                wake_second.set()
 
-        scopes: dict[str, trio.CancelScope] = {}
         async with trio.open_nursery() as nursery:
             nursery.start_soon(run, first, "a", 0.0)
             nursery.start_soon(run, second, "b", delay)
+        # A cancelled loser made one attempt that has no result here.
         attempts = sum(r.attempts for r in results.values())
+        attempts += sum(1 for key in started if key not in results)
         if winner and winner[0] in results:
-            return results[winner[0]], attempts, emitted
-        failures = [r for r in results.values() if isinstance(r, Failure)]
+            return results[winner[0]], attempts, True, texts[winner[0]]
+        failures = [results[k] for k in ("a", "b") if isinstance(results.get(k), Failure)]
         if failures:
-            return failures[-1], attempts, emitted
+            return failures[-1], attempts, bool(winner), []
         return (
             Failure.of(
                 ErrorKind.CANCELLED,
                 "hedged stream ended without a result",
                 request_id=request.request_id,
+                model=request.model,
             ),
             attempts,
-            emitted,
+            bool(winner),
+            [],
         )
