@@ -41,9 +41,10 @@
 # (3 attempts, 500 ms, 8000 ms, 25 %) that is the official OpenAI and Anthropic SDKs' schedule:
 # 0.5 s then 1 s (each up to 25 % shorter), doubling to 8 s with more attempts. Jitter only
 # shortens, so the cap is a true upper bound. We chose this "proportional" jitter over
-# decorrelated jitter (Polly v8's default, AWS's "decorrelated") because it keeps the SDKs'
-# schedule users already know while still spreading the retries of many clients; decorrelated
-# jitter also needs the previous delay as state, which this stateless policy avoids.
+# decorrelated jitter (Polly v8's exponential backoff with UseJitter, AWS's "decorrelated")
+# because it keeps the SDKs' schedule users already know while still spreading the retries of
+# many clients; decorrelated jitter also needs the previous delay as state, which this
+# stateless policy avoids.
 #
 # Retry-After. For `after_reset` kinds (429) the provider's Retry-After is the delay, exact
 # (no jitter: retrying before the reset is a wasted request); without one, the backoff delay
