@@ -44,7 +44,7 @@ import math
 import random
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -100,6 +100,9 @@ ProviderEnvelope = Envelope[Call, Reply, StreamEvent]
 
 DEFAULT_MAX_IN_FLIGHT = 256
 STREAM_BUFFER = 16
+DRAIN_S = 1.0
+"""How long a finished stream may take to deliver the rest of its body (see `_drain`)."""
+DRAIN_BYTES = 65536
 
 
 class ConnectionStatistics(msgspec.Struct, frozen=True, kw_only=True):
@@ -140,7 +143,10 @@ class Connection:
     """The durable slot of one provider connection, and the way callers reach it.
 
     ``transport`` replaces the network (an `actors.testing.FakeTransport`, or any
-    `httpx.AsyncBaseTransport`); ``rng`` drives retry jitter (seed it for reproducible runs).
+    `httpx.AsyncBaseTransport`); ``rng`` drives retry jitter (seed it for reproducible runs);
+    ``wall_clock`` (default `time.time`) is the epoch clock used to read absolute times in
+    provider headers (an HTTP-date ``retry-after``, RFC 3339 resets) - tests under a virtual
+    trio clock pass one that moves with it, e.g. ``lambda: EPOCH + trio.current_time()``.
     """
 
     def __init__(
@@ -150,8 +156,10 @@ class Connection:
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
         max_in_flight: int | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.name = config.name
+        self.wall_clock: Callable[[], float] = wall_clock or time.time
         self._generation = _Generation(config)
         self.breaker = Breaker(config.breaker)
         self.limiter = Limiter(config.rate_limit)
@@ -416,10 +424,11 @@ class _ClientPool:
 class _Attempt:
     """What one attempt did, filled in as it goes (read by the ``finally`` that records it)."""
 
-    __slots__ = ("emitted", "first_token_at", "rate", "sent", "status", "usage")
+    __slots__ = ("body_started", "emitted", "first_token_at", "rate", "sent", "status", "usage")
 
     def __init__(self) -> None:
         self.sent = False
+        self.body_started = False
         self.status: int | None = None
         self.usage: Usage | None = None
         self.rate: RateLimitInfo | None = None
@@ -432,6 +441,25 @@ def _estimate_tokens(request: Request, conn: ConnectionConfig) -> int:
         return sum(len(t) for t in request.inputs) // 4 + 1
     chars = sum(len(m.text()) for m in request.messages)
     return chars // 4 + 1 + (request.max_tokens or conn.default_max_tokens)
+
+
+async def _discard(chunks: AsyncIterator[bytes]) -> None:
+    """Finish a body iterator we stop reading early, without waiting for anything.
+
+    ``aiter_bytes`` is a chain of async generators (httpx's decoders, the transport's
+    stream); closing the outermost leaves the inner ones suspended for the garbage collector,
+    which trio reports as a `ResourceWarning` and which finalizes them at some random later
+    moment. Instead we keep iterating inside an already-cancelled scope: chunks already
+    buffered come out at once, and the first real wait raises `trio.Cancelled` *inside* the
+    innermost generator, so every generator of the chain ends now, in this task."""
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        try:
+            async for _ in chunks:
+                pass
+        except Exception as exc:
+            if not is_httpx_error(exc):
+                raise
 
 
 def _only_cancelled(exc: BaseException) -> bool:
@@ -686,7 +714,8 @@ class ProviderActor:
         elif isinstance(outcome, Failure):
             conn.breaker.record_failure(permit, now, duration, outcome.kind)
             if outcome.kind is ErrorKind.RATE_LIMITED:
-                conn.admission.park(now + (outcome.retry_after or 1.0))
+                delay = outcome.retry_after
+                conn.admission.park(now + (delay if delay is not None else 1.0))
             if state.usage is None and outcome.usage is not None:
                 state.usage = outcome.usage
         else:
@@ -773,13 +802,16 @@ class ProviderActor:
     def _limit(
         self, gen: _Generation, envelope: ProviderEnvelope, started: float, state: _Attempt
     ) -> tuple[float, str]:
-        """The next moment this attempt must give up, and what it is called."""
+        """The next moment this attempt must give up, and what it is called: the request's
+        deadline; time to first token (streamed: the first event; non-streamed: the whole
+        body), counted from the attempt's start; and, once any body byte arrived, the
+        inter-chunk stall, counted from now (called right before each read)."""
         timeouts = gen.config.timeouts
         at, what = envelope.deadline, "deadline"
         first = timeouts.first_token
         if state.first_token_at is None and first is not None and started + first < at:
             at, what = started + first, "first_token"
-        if timeouts.stall is not None and state.first_token_at is not None:
+        if timeouts.stall is not None and state.body_started:
             stall_at = trio.current_time() + timeouts.stall
             if stall_at < at:
                 at, what = stall_at, "stall"
@@ -796,6 +828,26 @@ class ProviderActor:
             message = f"stream stalled: no data for {t.stall:g}s"
         return self._failure(call, ErrorKind.TIMEOUT, message, usage=state.usage)
 
+    async def _read(
+        self,
+        gen: _Generation,
+        envelope: ProviderEnvelope,
+        chunks: AsyncIterator[bytes],
+        state: _Attempt,
+        started: float,
+    ) -> bytes | str | None:
+        """The next body chunk (``None`` at the end of the body), or the name of the time
+        limit that passed first."""
+        at, what = self._limit(gen, envelope, started, state)
+        chunk: bytes | None = None
+        with trio.move_on_at(at) as scope:
+            chunk = await anext(chunks, None)
+        if scope.cancelled_caught:
+            return what
+        if chunk is not None:
+            state.body_started = True
+        return chunk
+
     async def _exchange(
         self,
         gen: _Generation,
@@ -808,7 +860,7 @@ class ProviderActor:
     ) -> Completion | Embeddings | Failure:
         dialect = gen.dialect
         started = trio.current_time()
-        body_started = False
+        head = False
         try:
             request = client.build_request(
                 http.method, http.url, headers=http.headers, content=http.body
@@ -819,18 +871,30 @@ class ProviderActor:
                 response = await client.send(request, stream=True)
             if scope.cancelled_caught:
                 return self._timeout_failure(gen, call, what, state)
+            # From here on a broken connection cut a response: ``stream_interrupted``.
+            head = True
+            chunks = response.aiter_bytes()
             try:
                 state.status = response.status_code
-                state.rate = parse_rate_limit_headers(response.headers, now=time.time())
+                state.rate = parse_rate_limit_headers(
+                    response.headers, now=self.connection.wall_clock()
+                )
                 if response.status_code >= 300 or not streaming:
-                    at, what = self._limit(gen, envelope, started, state)
-                    with trio.move_on_at(at) as scope:
-                        body = await response.aread()
-                    if scope.cancelled_caught:
-                        return self._timeout_failure(gen, call, what, state)
+                    parts: list[bytes] = []
+                    while True:
+                        chunk = await self._read(gen, envelope, chunks, state, started)
+                        if isinstance(chunk, str):
+                            return self._timeout_failure(gen, call, chunk, state)
+                        if chunk is None:
+                            break
+                        parts.append(chunk)
+                    body = b"".join(parts)
                     if response.status_code >= 300:
                         return dialect.classify_error(
-                            response.status_code, response.headers, body, now=time.time()
+                            response.status_code,
+                            response.headers,
+                            body,
+                            now=self.connection.wall_clock(),
                         )
                     state.first_token_at = trio.current_time()
                     if isinstance(call.request, EmbedRequest):
@@ -840,18 +904,18 @@ class ProviderActor:
                     if not isinstance(parsed, Failure):
                         state.usage = parsed.usage
                     return parsed
-                body_started = True
-                return await self._relay(gen, call, envelope, response, state, started)
+                return await self._relay(gen, call, envelope, chunks, state, started)
             finally:
+                # Shielded, so this also happens when the caller cancelled, and bounded, so
+                # a stuck transport cannot wedge us.
                 with trio.move_on_after(1) as close_scope:
                     close_scope.shield = True
+                    await _discard(chunks)
                     await response.aclose()
-        except trio.Cancelled:
-            raise
         except Exception as exc:
             if not is_httpx_error(exc):
                 raise
-            failure = failure_from_exception(exc, streaming=body_started)
+            failure = failure_from_exception(exc, streaming=head)
             return msgspec.structs.replace(failure, usage=state.usage)
 
     async def _relay(
@@ -859,7 +923,7 @@ class ProviderActor:
         gen: _Generation,
         call: Call,
         envelope: ProviderEnvelope,
-        response: httpx.Response,
+        chunks: AsyncIterator[bytes],
         state: _Attempt,
         started: float,
     ) -> Completion | Failure:
@@ -868,17 +932,10 @@ class ProviderActor:
         send = envelope.stream
         decoder = gen.dialect.stream_decoder()
         acc = StreamAccumulator()
-        chunks = response.aiter_bytes().__aiter__()
         while True:
-            at, what = self._limit(gen, envelope, started, state)
-            chunk: bytes | None = None
-            with trio.move_on_at(at) as scope:
-                try:
-                    chunk = await chunks.__anext__()
-                except StopAsyncIteration:
-                    chunk = None
-            if scope.cancelled_caught:
-                return self._timeout_failure(gen, call, what, state)
+            chunk = await self._read(gen, envelope, chunks, state, started)
+            if isinstance(chunk, str):
+                return self._timeout_failure(gen, call, chunk, state)
             items = decoder.close() if chunk is None else decoder.feed(chunk)
             for item in items:
                 acc.add(item)
@@ -895,14 +952,46 @@ class ProviderActor:
                     if state.first_token_at is None:
                         state.first_token_at = trio.current_time()
                     state.emitted = True
-                try:
-                    await send.send(item)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    envelope.abandon()
-                    await trio.lowlevel.checkpoint()
+                # A caller that stops reading but keeps the stream open gets backpressure,
+                # bounded by its deadline: it cannot hold this attempt (and its limiter slot)
+                # forever.
+                with trio.move_on_at(envelope.deadline) as send_scope:
+                    try:
+                        await send.send(item)
+                    except (trio.BrokenResourceError, trio.ClosedResourceError):
+                        envelope.abandon()
+                        await trio.lowlevel.checkpoint()
+                if send_scope.cancelled_caught:
+                    return self._timeout_failure(gen, call, "deadline", state)
                 if isinstance(item, Finished):
+                    await self._drain(gen, envelope, chunks, state, started)
                     return acc.completion()
             if chunk is None or decoder.done:
                 # A decoder that ended without a terminal item is a decoder bug; be safe.
                 message = "stream ended without a result"
                 return self._failure(call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage)
+
+    async def _drain(
+        self,
+        gen: _Generation,
+        envelope: ProviderEnvelope,
+        chunks: AsyncIterator[bytes],
+        state: _Attempt,
+        started: float,
+    ) -> None:
+        """Read what follows the terminal event (a trailing ``[DONE]``, the chunked-encoding
+        terminator) so the HTTP connection ends cleanly and can be reused; a response closed
+        before its end costs a new TCP and TLS handshake on the next request. Bounded by
+        `DRAIN_S`, `DRAIN_BYTES` and the attempt's limits; any failure just stops it - the
+        answer is already complete."""
+        left = DRAIN_BYTES
+        with trio.move_on_after(DRAIN_S):
+            try:
+                while left > 0:
+                    chunk = await self._read(gen, envelope, chunks, state, started)
+                    if chunk is None or isinstance(chunk, str):
+                        return
+                    left -= len(chunk)
+            except Exception as exc:
+                if not is_httpx_error(exc):
+                    raise
