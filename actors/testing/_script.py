@@ -86,4 +86,8 @@ class ScriptSource(Protocol):
         wall: float,
     ) -> Script: ...
 
-    def finish(self, attempt: int, *, outcome: Outcome, now: float, bytes_sent: int) -> None: ...
+    def finish(self, attempt: int, *, outcome: Outcome, now: float, bytes_sent: int) -> None:
+        """Report how attempt *attempt* (``Script.attempt``) ended, exactly once.
+        ``bytes_sent`` counts the body bytes (the data of `Chunk` steps) the shell delivered,
+        without HTTP framing; the core derives the tokens the client received from it."""
+        ...
