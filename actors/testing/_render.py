@@ -134,7 +134,7 @@ class Rendered:
     streamed: bool
 
 
-ErrorKind = Literal[
+ErrorSpecKind = Literal[
     "rate_limited",
     "server_error",
     "unauthorized",
@@ -152,7 +152,7 @@ class ErrorSpec(NamedTuple):
     messages; ``retry_after`` feeds Gemini's ``RetryInfo``."""
 
     status: int
-    kind: ErrorKind
+    kind: ErrorSpecKind
     model: str = ""
     message: str | None = None
     param: str | None = None
