@@ -20,9 +20,16 @@ Choices:
 - **Errors.** `Runtime.chat` and `Runtime.embed` return the result or raise `RequestFailed`
   carrying the typed `Failure`; a stream's terminal `result` is a `Completion` or a
   `Failure` (data, because the events already arrived).
-- **Shutdown** closes every mailbox (new requests fail with ``cancelled``, queued ones are
-  still served), waits up to ``runtime.shutdown_timeout_s`` for the actors to drain, then
-  cancels what is left: every caller still gets its one terminal result.
+- **Shutdown** closes every mailbox at once (new requests fail with ``cancelled``, queued
+  ones are still served, all connections drain in parallel), waits up to
+  ``runtime.shutdown_timeout_s`` for the actors to drain, then cancels what is left:
+  in-flight requests end ``cancelled`` from their actor, and requests still queued in a
+  mailbox nobody serves any more are failed ``cancelled`` by the runtime (`_fail_queued`),
+  so every caller still gets its one terminal result. `remove_connection` does the same
+  for one connection.
+- **Metrics** are the connections' own counters plus what callers of the runtime saw
+  (requests, completions, failures by kind after routing, failovers) and current queue
+  depths; `RuntimeMetrics.prometheus` renders all of it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from __future__ import annotations
 import math
 import os
 import random
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
@@ -38,12 +46,13 @@ import httpx
 import msgspec
 import trio
 
+from actors._mailbox import MailboxClosed
 from actors._metrics import ConnectionMetricsSnapshot, prometheus_text
 from actors._provider import Connection, ConnectionStatistics, ProviderActor
 from actors._router import Router, RouterStream
 from protocol._config import ConnectionConfig, RuntimeConfig, Secret
 from protocol._config_load import load_config
-from protocol._errors import ConfigError, RequestFailed
+from protocol._errors import ConfigError, ErrorKind, RequestFailed
 from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure, Message
 
 from ._supervisor import ChildSpec, Supervisor
@@ -58,10 +67,22 @@ class ModelTotals(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
-    """A typed snapshot of the whole runtime's metrics."""
+    """A typed snapshot of the whole runtime's metrics.
+
+    ``connections`` holds each connection's counters (what the providers saw: attempts,
+    retries, tokens - wasted ones included - cost, latency and TTFT histograms, breaker
+    transitions). ``requests``/``completions``/``failures`` count what callers of the runtime
+    saw, after routing (a request that failed over and then succeeded is one completion);
+    ``queued``/``in_flight`` are the connections' current queue depths.
+    """
 
     connections: dict[str, ConnectionMetricsSnapshot]
     failovers: int
+    requests: int = 0
+    completions: int = 0
+    failures: dict[str, int] = {}
+    queued: dict[str, int] = {}
+    in_flight: dict[str, int] = {}
 
     def tokens_by_connection(self, name: str) -> tuple[int, int]:
         """``(input, output)`` tokens recorded by connection *name*."""
@@ -96,13 +117,48 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
 
     def prometheus(self) -> str:
         """The metrics in the Prometheus text exposition format."""
-        text = prometheus_text(self.connections)
-        return (
-            text
-            + "# HELP switchboard_failovers_total Requests moved to another target.\n"
-            + "# TYPE switchboard_failovers_total counter\n"
-            + f"switchboard_failovers_total {self.failovers}\n"
+        lines = [prometheus_text(self.connections).rstrip("\n")]
+
+        def family(name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+            lines.append(f"# HELP switchboard_{name} {help_text}")
+            lines.append(f"# TYPE switchboard_{name} {kind}")
+            lines.extend(f"switchboard_{name}{labels} {value:g}" for labels, value in samples)
+
+        def conn(name: str) -> str:
+            return '{connection="' + _label(name) + '"}'
+
+        family("failovers_total", "counter", "Requests moved to another target.",
+               [("", self.failovers)])  # fmt: skip
+        family("routed_requests_total", "counter", "Requests callers made to the runtime.",
+               [("", self.requests)])  # fmt: skip
+        family("routed_completions_total", "counter", "Requests that ended with an answer.",
+               [("", self.completions)])  # fmt: skip
+        family(
+            "routed_failures_total",
+            "counter",
+            "Requests that ended with a failure, after routing, by kind.",
+            [('{kind="' + _label(k) + '"}', n) for k, n in sorted(self.failures.items())],
         )
+        family("queue_depth", "gauge", "Requests waiting in a connection's mailbox.",
+               [(conn(n), v) for n, v in self.queued.items()])  # fmt: skip
+        family("in_flight", "gauge", "Requests a connection is working on.",
+               [(conn(n), v) for n, v in self.in_flight.items()])  # fmt: skip
+        wasted: list[tuple[str, float]] = []
+        for name, snap in self.connections.items():
+            for model, usage in sorted(snap.models.items()):
+                for direction, value in (
+                    ("in", usage.wasted_input_tokens),
+                    ("out", usage.wasted_output_tokens),
+                ):
+                    labels = (
+                        f'{{connection="{_label(name)}",model="{_label(model)}",'
+                        f'direction="{direction}"}}'
+                    )
+                    wasted.append((labels, value))
+        family("wasted_tokens_total", "counter",
+               "Tokens of failed or cancelled attempts (never billed as a completion).",
+               wasted)  # fmt: skip
+        return "\n".join(lines) + "\n"
 
 
 class ConnectionHealth(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +216,9 @@ class Runtime:
             period=settings.restart_period_s,
         )
         self._closing = False
+        self._requests = 0
+        self._completions = 0
+        self._failures: Counter[str] = Counter()
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -191,21 +250,36 @@ class Runtime:
         """Drain and stop: close every mailbox, let actors finish their work up to
         ``runtime.shutdown_timeout_s``, then cancel what remains."""
         self._closing = True
-        await self.supervisor.stop()
+        # Close every mailbox first, so all connections drain at the same time (the
+        # supervisor then stops them one by one, each within the shutdown timeout).
+        for conn in list(self.connections.values()):
+            conn.mailbox.close()
+        try:
+            await self.supervisor.stop()
+        finally:
+            self._fail_leftovers()
+
+    def _fail_leftovers(self) -> None:
+        for conn in list(self.connections.values()):
+            _fail_queued(conn)
 
     # -- requests -----------------------------------------------------------------------
 
     async def chat(self, request: ChatRequest) -> Completion:
         """Route *request* and return its completion; raises `RequestFailed` with the typed
         `Failure` otherwise."""
+        self._requests += 1
         result = await self.router.chat(request)
+        self._count(result)
         if isinstance(result, Failure):
             raise RequestFailed(result)
         return result
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         """Route an embeddings request; raises `RequestFailed` on failure."""
+        self._requests += 1
         result = await self.router.embed(request)
+        self._count(result)
         if isinstance(result, Failure):
             raise RequestFailed(result)
         return result
@@ -215,8 +289,21 @@ class Runtime:
         """Stream *request*: ``async with rt.stream(req) as s: async for event in s: ...``;
         afterwards ``s.result`` is the `Completion` or the `Failure`. Leaving the block
         early cancels the upstream request (its usage is still recorded)."""
+        self._requests += 1
         async with self.router.stream(request) as handle:
-            yield handle
+            try:
+                yield handle
+            finally:
+                if handle._result is not None:
+                    self._count(handle._result)
+                else:
+                    self._failures[ErrorKind.CANCELLED.value] += 1
+
+    def _count(self, result: Completion | Embeddings | Failure) -> None:
+        if isinstance(result, Failure):
+            self._failures[result.kind.value] += 1
+        else:
+            self._completions += 1
 
     # -- connections --------------------------------------------------------------------
 
@@ -262,9 +349,13 @@ class Runtime:
     async def remove_connection(self, name: str) -> None:
         """Stop connection *name* gracefully (queued work drains up to the shutdown timeout)
         and forget it."""
-        self.connection(name)
-        await self.supervisor.remove_child(name)
-        self.connections.pop(name, None)
+        conn = self.connection(name)
+        conn.mailbox.close()
+        try:
+            await self.supervisor.remove_child(name)
+        finally:
+            _fail_queued(conn)
+            self.connections.pop(name, None)
 
     async def probe(
         self, name: str, *, model: str | None = None, timeout: float = 15.0
@@ -289,9 +380,17 @@ class Runtime:
     # -- observation --------------------------------------------------------------------
 
     def metrics(self) -> RuntimeMetrics:
+        """A typed snapshot of every counter (see `RuntimeMetrics`); ``.prometheus()``
+        renders it as Prometheus text."""
+        mailboxes = {n: c.mailbox.statistics() for n, c in self.connections.items()}
         return RuntimeMetrics(
             connections={n: c.metrics.snapshot() for n, c in self.connections.items()},
             failovers=self.router.failovers,
+            requests=self._requests,
+            completions=self._completions,
+            failures=dict(self._failures),
+            queued={n: m.queued for n, m in mailboxes.items()},
+            in_flight={n: m.in_flight for n, m in mailboxes.items()},
         )
 
     def statistics(self) -> dict[str, ConnectionStatistics]:
@@ -322,6 +421,32 @@ class Runtime:
         else:
             status = "down"
         return Health(status=status, connections=rows)
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _fail_queued(conn: Connection) -> int:
+    """Resolve every request still queued in *conn*'s (closed, unserved) mailbox with a
+    ``cancelled`` failure, so that no caller waits forever. Returns how many there were."""
+    count = 0
+    while True:
+        try:
+            envelope = conn.mailbox.get_nowait()
+        except (trio.WouldBlock, MailboxClosed):
+            return count
+        call = envelope.request
+        if envelope.resolve(
+            Failure.of(
+                ErrorKind.CANCELLED,
+                f"connection {conn.name!r} was shut down before the request started",
+                connection=conn.name,
+                model=call.model,
+                request_id=call.request.request_id,
+            )
+        ):
+            count += 1
 
 
 def _secret_hook(type_: type, obj: Any) -> Any:
@@ -394,15 +519,20 @@ async def open_runtime(
     `FakeTransport`); *transport* is the default for the others. Leaving the block drains
     in-flight work up to ``runtime.shutdown_timeout_s``, then cancels.
     """
-    async with trio.open_nursery() as nursery:
-        runtime = await start_runtime(
-            config, nursery, transports=transports, transport=transport, rng=rng
-        )
-        try:
-            yield runtime
-        finally:
-            with trio.CancelScope(shield=True):
-                grace = runtime.config.runtime.shutdown_timeout_s
-                with trio.move_on_after(grace + 1.0 if math.isfinite(grace) else 30.0):
-                    await runtime.aclose()
-            nursery.cancel_scope.cancel()
+    runtime: Runtime | None = None
+    try:
+        async with trio.open_nursery() as nursery:
+            runtime = await start_runtime(
+                config, nursery, transports=transports, transport=transport, rng=rng
+            )
+            try:
+                yield runtime
+            finally:
+                with trio.CancelScope(shield=True):
+                    grace = runtime.config.runtime.shutdown_timeout_s
+                    with trio.move_on_after(grace + 1.0 if math.isfinite(grace) else 30.0):
+                        await runtime.aclose()
+                nursery.cancel_scope.cancel()
+    finally:
+        if runtime is not None:
+            runtime._fail_leftovers()
