@@ -413,7 +413,11 @@ class Runtime:
                     incarnation=conn.incarnation,
                 )
             )
-        usable = [r for r in rows if r.running and r.parked_for is None]
+        usable = [
+            r
+            for r in rows
+            if r.running and r.parked_for is None and r.breaker not in _REFUSING_STATES
+        ]
         if rows and len(usable) == len(rows):
             status = "ok"
         elif usable:
@@ -421,6 +425,11 @@ class Runtime:
         else:
             status = "down"
         return Health(status=status, connections=rows)
+
+
+# Breaker states that refuse every call whatever the time (`Connection.unavailable_for` only
+# knows the open-until time of a timed OPEN).
+_REFUSING_STATES = frozenset({"forced_open"})
 
 
 def _label(value: str) -> str:
