@@ -13,13 +13,19 @@ backpressure the gateway relies on). Leaving a stream's block early sends a ``ca
 Errors say what happened and what to do: a refused handshake or a 4401 close becomes
 `GatewayError` naming the token problem; a socket that drops ends every pending request with a
 ``connection`` `Failure` (so each request still ends exactly once) and later calls raise
-`GatewayError` saying the connection is closed - open a new `Client` to reconnect.
+`GatewayError` saying the connection is closed - open a new `Client` to reconnect. After a
+``goodbye`` frame (the gateway drains) running requests go on, new ones raise `GatewayError`.
+
+trio-websocket's exceptions are translated in one place, `translate_error`, and only for
+what the connection itself raises: an exception from the caller's own code inside the
+``async with`` block (a ``trio.TooSlowError`` of its own ``fail_after``, say) propagates
+unchanged, not wrapped in an exception group.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 import trio
@@ -90,14 +96,46 @@ def _code_reason(exc: tw.ConnectionClosed) -> tuple[int | None, str | None]:
     return (None, None) if reason is None else (reason.code, reason.reason)
 
 
+_START_ADVICE = "is the gateway running there? start it with `switchboard serve`, or pass --url"
+
+
+def translate_error(exc: BaseException, url: str) -> GatewayError | None:
+    """The `GatewayError` for an exception trio-websocket (or the socket under it) raised
+    while connecting to *url*, or ``None`` when *exc* is not one of those."""
+    if isinstance(exc, tw.ConnectionClosed):
+        code, reason = _code_reason(exc)
+        return GatewayError(_describe_close(code, reason), code=code)
+    if isinstance(exc, tw.ConnectionRejected):
+        body = (exc.body or b"").decode("utf-8", "replace").strip()
+        detail = f": {body}" if body else ""
+        return GatewayError(
+            f"the server at {url} refused the WebSocket upgrade with HTTP "
+            f"{exc.status_code}{detail}; check the URL, or retry later if it is shutting down"
+        )
+    if isinstance(exc, tw.ConnectionTimeout | trio.TooSlowError):
+        return GatewayError(f"timed out connecting to the gateway at {url}; {_START_ADVICE}")
+    if isinstance(exc, tw.DisconnectionTimeout):
+        return GatewayError(f"the gateway at {url} did not finish closing the connection in time")
+    if isinstance(exc, tw.HandshakeError | OSError):
+        cause = exc.__cause__ if isinstance(exc, tw.HandshakeError) else exc
+        detail = f" ({cause})" if cause is not None and str(cause) else ""
+        return GatewayError(f"could not connect to the gateway at {url}{detail}; {_START_ADVICE}")
+    if isinstance(exc, FrameError):
+        return GatewayError(f"the gateway at {url} sent an unreadable frame: {exc}")
+    return None
+
+
 _Item = StreamEvent | Completion | Embeddings | Failure | StatusReply | Pong
 
 
 class ClientStream:
     """One streamed request: iterate events, then read ``result``."""
 
-    def __init__(self, receive: trio.MemoryReceiveChannel[_Item]) -> None:
+    def __init__(
+        self, receive: trio.MemoryReceiveChannel[_Item], lost: Callable[[], Failure]
+    ) -> None:
         self._receive = receive
+        self._lost = lost
         self._result: Completion | Failure | None = None
 
     def __aiter__(self) -> AsyncIterator[StreamEvent]:
@@ -111,6 +149,8 @@ class ClientStream:
             if isinstance(item, Embeddings | StatusReply | Pong):
                 continue
             yield item
+        # The channel ended without a terminal item: the connection was lost.
+        self._result = self._lost()
 
     @property
     def result(self) -> Completion | Failure:
@@ -132,6 +172,17 @@ class Client:
         self._send_lock = trio.Lock()
         self._closed: str | None = None
         self._close_code: int | None = None
+        self._goodbye: str | None = None
+
+    @property
+    def closed(self) -> bool:
+        """True once the socket is closed (every later call raises `GatewayError`)."""
+        return self._closed is not None
+
+    @property
+    def draining(self) -> bool:
+        """True once the gateway said goodbye: running requests go on, new ones are refused."""
+        return self._goodbye is not None
 
     @classmethod
     @asynccontextmanager
@@ -145,15 +196,18 @@ class Client:
         max_frame_bytes: int = 16 * 1024 * 1024,
     ) -> AsyncIterator[Client]:
         """Connect to the gateway at *url* (``ws://host:port``), authenticate with *token*,
-        and yield a `Client`. Raises `GatewayError` with advice when that fails."""
+        and yield a `Client`. Raises `GatewayError` with advice when that fails; exceptions
+        raised by the code inside the block propagate unchanged."""
         subprotocol = SUBPROTOCOL_MSGPACK if encoding == "msgpack" else SUBPROTOCOL_JSON
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        body_error: BaseException | None = None
         try:
             async with tw.open_websocket_url(
                 url,
                 subprotocols=[subprotocol],
                 extra_headers=headers,
                 connect_timeout=connect_timeout,
+                disconnect_timeout=connect_timeout,
                 max_message_size=max_frame_bytes,
             ) as ws:
                 with trio.fail_after(connect_timeout):
@@ -163,32 +217,39 @@ class Client:
                 if not isinstance(first, Welcome):
                     raise GatewayError(f"expected a welcome frame, got {type(first).__name__}")
                 client = cls(ws, encoding, first)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(client._reader)
-                    try:
-                        yield client
-                    finally:
-                        nursery.cancel_scope.cancel()
-        except tw.ConnectionClosed as exc:
-            code, reason = _code_reason(exc)
-            raise GatewayError(_describe_close(code, reason), code=code) from None
-        except tw.HandshakeError as exc:
-            raise GatewayError(
-                f"could not open a WebSocket to {url}: {exc}; is `switchboard serve` running there?"
-            ) from None
-        except (OSError, trio.TooSlowError) as exc:
-            raise GatewayError(
-                f"could not reach the gateway at {url} ({exc or type(exc).__name__}); start it "
-                "with `switchboard serve` or pass --url"
-            ) from None
-        except FrameError as exc:
-            raise GatewayError(f"the gateway sent an unreadable frame: {exc}") from None
+                try:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(client._reader)
+                        try:
+                            yield client
+                        except BaseException as exc:
+                            body_error = exc
+                            raise
+                        finally:
+                            nursery.cancel_scope.cancel()
+                except BaseExceptionGroup as group:  # the reader never raises: unwrap
+                    if len(group.exceptions) == 1:
+                        raise group.exceptions[0] from None
+                    raise
+        except GatewayError:
+            raise
+        except Exception as exc:
+            if exc is body_error:
+                raise
+            if body_error is None and isinstance(exc, tw.DisconnectionTimeout):
+                return  # the block's work is done; only the closing handshake was slow
+            error = translate_error(exc, url)
+            if error is None:
+                raise
+            raise error from None
 
     # -- plumbing -----------------------------------------------------------------------
 
     async def _send(self, frame: ChatCall | EmbedCall | Cancel | Ping | StatusCall) -> None:
         if self._closed is not None:
             raise GatewayError(self._closed, code=self._close_code)
+        if self._goodbye is not None and isinstance(frame, ChatCall | EmbedCall | StatusCall):
+            raise GatewayError(self._goodbye)
         async with self._send_lock:
             try:
                 await self._ws.send_message(encode_frame(frame, self._encoding))
@@ -196,13 +257,16 @@ class Client:
                 self._fail_all(*_code_reason(exc))
                 raise GatewayError(self._closed or "closed", code=self._close_code) from None
 
+    def _lost(self, rid: str) -> Failure:
+        text = self._closed or "the gateway connection closed"
+        return Failure.of(ErrorKind.CONNECTION, text, request_id=rid)
+
     def _fail_all(self, code: int | None, reason: str | None) -> None:
         if self._closed is None:
             self._closed = _describe_close(code, reason)
             self._close_code = code
-        failure_text = self._closed
         for rid, channel in list(self._pending.items()):
-            failure = Failure.of(ErrorKind.CONNECTION, failure_text, request_id=rid)
+            failure = self._lost(rid)
             with suppress(trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
                 channel.send_nowait(failure)
             channel.close()
@@ -233,7 +297,10 @@ class Client:
         elif isinstance(frame, Pong):
             rid, item, terminal = f"ping:{frame.nonce}", frame, True
         elif isinstance(frame, Goodbye):
-            self._closed = f"the gateway is shutting down ({frame.reason})"
+            self._goodbye = (
+                f"the gateway is shutting down ({frame.reason}): it takes no new requests; "
+                "connect again later or to another gateway"
+            )
             return
         else:  # Welcome, Accepted: nothing to route
             assert isinstance(frame, Welcome | Accepted)
@@ -274,7 +341,7 @@ class Client:
         cancels the request upstream."""
         rid = self._new_id(request)
         receive = self._open(rid)
-        handle = ClientStream(receive)
+        handle = ClientStream(receive, lambda: self._lost(rid))
         try:
             await self._send(ChatCall(id=rid, request=request, stream=True))
             with receive:

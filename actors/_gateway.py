@@ -22,6 +22,21 @@ Design:
   on a slow socket stops reading its provider stream, which stops reading the provider's
   socket. A client that has not accepted a frame for ``slow_client_timeout_s`` is closed with
   4429. WebSocket pings every ``ping_interval_s`` close connections whose peer went silent.
+- **A frame is written whole or not at all.** Cancelling a task in the middle of a socket write
+  would leave half a WebSocket frame on the wire and corrupt the socket for every other
+  request on it. So waiting for the send lock is cancellable (nothing written yet), but the
+  write itself is shielded; a write that stays blocked is ended by the session's watchdog,
+  which closes the socket as a slow consumer (4429): the close frame queues behind the
+  blocked frame, so a client that reads again sees whole frames and then the code, and one
+  that never does is cut off after a short grace.
+- **Replies to control frames** (pong, rejections, decode errors) are sent by the read loop
+  itself, so a client that floods the gateway without reading is slowed (and eventually
+  closed as slow), instead of growing one task per frame.
+- **One terminal frame per id**: a frame that reuses the id of a running request (or an
+  undecodable one whose id is in use) is answered with a failure for id ``""``, never with a
+  second terminal frame for the running request.
+- **Isolation**: an unexpected error in one session (or in the backend for one request) is
+  logged and ends only that socket (1011) or that request (``crashed``), never the server.
 - **Graceful shutdown**: a ``goodbye`` frame, no new requests, running ones finish up to the
   drain time, then sockets close with 1001.
 
@@ -122,7 +137,16 @@ class _Closed(Exception):
 
 
 class _Session:
-    """One client socket."""
+    """One client socket.
+
+    Theory of operation (sending): `send` waits for ``send_lock`` (cancellable), then writes
+    the frame shielded from cancellation, with ``sending_since`` set for the duration of the
+    write. `watch_writes` (one task per session) sleeps until the current write would be
+    ``slow_client_timeout_s`` old; if that write is still the one blocked, it closes the
+    session with 4429. Closing marks the session closed at once (every later `send` raises
+    `_Closed`) and then runs the WebSocket close handshake, bounded by ``_CLOSE_GRACE``, after
+    which the TCP stream is closed, which also ends a write that is still blocked.
+    """
 
     def __init__(self, gateway: Gateway, ws: tw.WebSocketConnection, encoding: Encoding) -> None:
         self.gateway = gateway
@@ -130,39 +154,61 @@ class _Session:
         self.encoding = encoding
         self.scopes: dict[str, trio.CancelScope] = {}
         self.send_lock = trio.Lock()
+        self.sending_since: float | None = None
+        self.welcomed = False
         self.closed = False
         self.name = f"{ws.remote}"
 
     async def send(self, frame: ServerFrame) -> None:
-        """Send one frame; close the session as a slow consumer if it cannot be sent in time."""
+        """Send one whole frame. Raises `_Closed` when the session is (or gets) closed."""
         if self.closed:
             raise _Closed
         message = encode_frame(frame, self.encoding)
-        timeout = self.gateway.config.slow_client_timeout_s
-        with trio.move_on_after(timeout) as scope:
-            async with self.send_lock:
-                try:
+        async with self.send_lock:
+            if self.closed:
+                raise _Closed
+            self.sending_since = trio.current_time()
+            try:
+                with trio.CancelScope(shield=True):
                     await self.ws.send_message(message)
-                except tw.ConnectionClosed:
-                    self.closed = True
-                    raise _Closed from None
-            return
-        if scope.cancelled_caught:
-            self.gateway._slow_closed += 1
-            log.warning("closing %s: it did not read for %.1fs", self.name, timeout)
-            await self.close(CLOSE_SLOW_CONSUMER, f"client did not read for {timeout:g}s")
-            raise _Closed
+            except tw.ConnectionClosed:
+                self.closed = True
+                raise _Closed from None
+            finally:
+                self.sending_since = None
+
+    async def watch_writes(self) -> None:
+        """Close the session with 4429 when one write stays blocked for the slow-client
+        timeout (see the class docstring)."""
+        timeout = self.gateway.config.slow_client_timeout_s
+        while not self.closed:
+            since = self.sending_since
+            now = trio.current_time()
+            if since is None:
+                await trio.sleep(timeout)
+            elif now - since < timeout:
+                await trio.sleep(since + timeout - now)
+            else:
+                self.gateway._slow_closed += 1
+                log.warning("closing %s: it did not read for %.1fs", self.name, timeout)
+                await self.close(CLOSE_SLOW_CONSUMER, f"client did not read for {timeout:g}s")
+                return
 
     async def close(self, code: int, reason: str) -> None:
         if self.closed:
             return
         self.closed = True
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
+        # When the handshake does not finish in time (a peer that does not read), cancelling
+        # `aclose` closes the TCP stream, which also ends a write still blocked on it.
+        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
             try:
                 await self.ws.aclose(code, reason)
             except Exception:  # the socket may already be broken
                 log.debug("close of %s failed", self.name, exc_info=True)
+
+
+_CLOSE_GRACE = 2.0
+"""Seconds the close handshake may take before the TCP stream is simply closed."""
 
 
 class Gateway:
@@ -234,18 +280,26 @@ class Gateway:
 
     async def shutdown(self, drain_s: float = 10.0) -> None:
         """Tell clients goodbye, refuse new requests, let running ones finish for up to
-        *drain_s* seconds, then close every socket (1001) and stop listening."""
+        *drain_s* seconds, then cancel what is left (each gets a ``cancelled`` failure frame),
+        close every socket (1001) and stop listening."""
         self._closing = True
-        for session in list(self._sessions):
-            with suppress(_Closed):
-                await session.send(Goodbye(reason="server shutting down", drain_s=drain_s))
+        goodbye = Goodbye(reason="server shutting down", drain_s=drain_s)
+        async with trio.open_nursery() as nursery:
+            for session in list(self._sessions):
+                if session.welcomed:
+                    nursery.start_soon(self._reply_quietly, session, goodbye)
         if self._in_flight:
             with trio.move_on_after(drain_s):
                 await self._drained.wait()
-        for session in list(self._sessions):
-            for scope in session.scopes.values():
-                scope.cancel()
-            await session.close(CLOSE_GOING_AWAY, "server shutting down")
+        if self._in_flight:
+            for session in list(self._sessions):
+                for scope in session.scopes.values():
+                    scope.cancel()
+            with trio.move_on_after(_CLOSE_GRACE):  # let them send their terminal frames
+                await self._drained.wait()
+        async with trio.open_nursery() as nursery:
+            for session in list(self._sessions):
+                nursery.start_soon(session.close, CLOSE_GOING_AWAY, "server shutting down")
         if self._server_scope is not None:
             self._server_scope.cancel()
 
@@ -287,20 +341,22 @@ class Gateway:
         self._total += 1
         self._sessions.add(session)
         self._peak = max(self._peak, len(self._sessions))
+        code, reason = 1000, "bye"
         try:
             await self._session(session, header_token)
         except _Closed:
             pass
+        except Exception:  # a bug must end this socket only, never the server
+            log.exception("session %s failed", session.name)
+            code, reason = 1011, "internal error"
         finally:
             self._sessions.discard(session)
-            await session.close(1000, "bye")
+            await session.close(code, reason)
 
     async def _session(self, session: _Session, header_token: str | None) -> None:
         cfg = self.config
         ws = session.ws
-        first: ClientFrame | None = None
-        needs_hello = not self._authorized(header_token)
-        if needs_hello:
+        if not self._authorized(header_token):
             with trio.move_on_after(cfg.handshake_timeout_s) as scope:
                 try:
                     message = await ws.get_message()
@@ -310,69 +366,102 @@ class Gateway:
                 await session.close(CLOSE_HANDSHAKE_TIMEOUT, "no hello in time")
                 return
             try:
-                first = decode_client_frame(message)
+                first: ClientFrame | None = decode_client_frame(message)
             except FrameError:
                 first = None
             if not isinstance(first, Hello) or not self._authorized(first.token):
                 self._rejected += 1
                 await session.close(CLOSE_UNAUTHORIZED, "unauthorized")
                 return
-        if isinstance(first, Hello) and first.version != PROTOCOL_VERSION:
-            reason = f"unsupported protocol version {first.version}"
-            await session.close(CLOSE_UNSUPPORTED_VERSION, reason)
-            return
+            if not await self._version_ok(session, first):
+                return
         welcome = Welcome(
             max_frame_bytes=cfg.max_frame_bytes, max_concurrent=cfg.max_concurrent_per_client
         )
         await session.send(welcome)
+        session.welcomed = True
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._pinger, session)
+            nursery.start_soon(self._pinger, session, nursery)
+            nursery.start_soon(session.watch_writes)
             try:
                 await self._read_loop(session, nursery)
             finally:
                 nursery.cancel_scope.cancel()
 
-    async def _pinger(self, session: _Session) -> None:
+    async def _version_ok(self, session: _Session, hello: Hello) -> bool:
+        if hello.version == PROTOCOL_VERSION:
+            return True
+        reason = f"unsupported protocol version {hello.version}; this server speaks 1"
+        await session.close(CLOSE_UNSUPPORTED_VERSION, reason)
+        return False
+
+    async def _pinger(self, session: _Session, nursery: trio.Nursery) -> None:
+        """Every ``ping_interval_s``, a WebSocket ping; no pong within another interval closes
+        the socket (1011) - unless our own write is blocked, which is the watchdog's case
+        (4429). The ping runs in its own task so that the timeout never cancels a write."""
         interval = self.config.ping_interval_s
-        if not interval or not math.isfinite(interval):
+        if not math.isfinite(interval):
             return
         while not session.closed:
             await trio.sleep(interval)
-            with trio.move_on_after(interval) as scope:
-                try:
-                    await session.ws.ping()
-                except (tw.ConnectionClosed, ValueError):
+            answered = trio.Event()
+            nursery.start_soon(self._ping_once, session, answered)
+            while not answered.is_set():
+                with trio.move_on_after(interval):
+                    await answered.wait()
+                if not answered.is_set() and session.sending_since is None:
+                    await session.close(1011, f"no pong within {interval:g}s")
                     return
-            if scope.cancelled_caught:
-                await session.close(1011, "ping timeout")
-                return
+
+    async def _ping_once(self, session: _Session, answered: trio.Event) -> None:
+        try:
+            await session.ws.ping()
+        except (tw.ConnectionClosed, ValueError):
+            pass
+        finally:
+            answered.set()
 
     async def _read_loop(self, session: _Session, nursery: trio.Nursery) -> None:
-        while True:
-            try:
-                message = await session.ws.get_message()
-            except tw.ConnectionClosed:
-                return
-            try:
-                frame = decode_client_frame(message)
-            except FrameError as exc:
-                self._malformed += 1
-                failure = frame_failure(ErrorKind.BAD_REQUEST, str(exc), id=exc.id)
-                nursery.start_soon(self._reply_quietly, session, failure)
-                continue
-            if isinstance(frame, ChatCall | EmbedCall):
-                self._start_request(session, nursery, frame)
-            elif isinstance(frame, Cancel):
-                scope = session.scopes.get(frame.id)
-                if scope is not None:
-                    scope.cancel()
-            elif isinstance(frame, Ping):
-                nursery.start_soon(self._reply_quietly, session, Pong(nonce=frame.nonce))
-            elif isinstance(frame, StatusCall):
-                status, rows = self.backend.status_report()
-                reply = StatusReply(id=frame.id, status=status, connections=rows)
-                nursery.start_soon(self._reply_quietly, session, reply)
-            # A late or repeated hello is harmless: ignored.
+        """Read and dispatch frames until the socket closes. Replies to control frames are
+        sent from here (see the module docstring: no task per frame)."""
+        try:
+            while True:
+                try:
+                    message = await session.ws.get_message()
+                except tw.ConnectionClosed:
+                    return
+                try:
+                    frame = decode_client_frame(message)
+                except FrameError as exc:
+                    self._malformed += 1
+                    rid = exc.id if exc.id not in session.scopes else ""
+                    await session.send(frame_failure(ErrorKind.BAD_REQUEST, str(exc), id=rid))
+                    continue
+                if isinstance(frame, ChatCall | EmbedCall):
+                    reject = self._start_request(session, nursery, frame)
+                    if reject is not None:
+                        await session.send(reject)
+                elif isinstance(frame, Cancel):
+                    scope = session.scopes.get(frame.id)
+                    if scope is not None:
+                        scope.cancel()
+                elif isinstance(frame, Ping):
+                    await session.send(Pong(nonce=frame.nonce))
+                elif isinstance(frame, StatusCall):
+                    await session.send(self._status(frame))
+                elif isinstance(frame, Hello) and not await self._version_ok(session, frame):
+                    return
+                # Any other late or repeated hello is harmless: ignored.
+        except _Closed:
+            return
+
+    def _status(self, frame: StatusCall) -> ServerFrame:
+        try:
+            status, rows = self.backend.status_report()
+        except Exception as exc:
+            log.exception("status report failed")
+            return frame_failure(ErrorKind.CRASHED, f"status report failed: {exc}", id=frame.id)
+        return StatusReply(id=frame.id, status=status, connections=rows)
 
     async def _reply_quietly(self, session: _Session, frame: ServerFrame) -> None:
         with suppress(_Closed):
@@ -380,65 +469,54 @@ class Gateway:
 
     def _start_request(
         self, session: _Session, nursery: trio.Nursery, frame: ChatCall | EmbedCall
-    ) -> None:
+    ) -> FailureFrame | None:
+        """Start the request task, or return the failure frame that refuses it."""
         rid = frame.id
-        reject: FailureFrame | None = None
+        if rid in session.scopes:
+            # Never a second terminal frame for the running request: answer on id "".
+            message = f"request id {rid!r} is already in use by a running request"
+            return frame_failure(ErrorKind.BAD_REQUEST, message, id="")
         if self._closing:
-            reject = frame_failure(ErrorKind.CANCELLED, "server shutting down", id=rid)
-        elif rid in session.scopes:
-            reject = frame_failure(ErrorKind.BAD_REQUEST, f"request id {rid!r} is in use", id=rid)
-        elif len(session.scopes) >= self.config.max_concurrent_per_client:
-            reject = FailureFrame(
+            return frame_failure(ErrorKind.CANCELLED, "server shutting down", id=rid)
+        limit = self.config.max_concurrent_per_client
+        if len(session.scopes) >= limit:
+            return FailureFrame(
                 id=rid,
                 failure=Failure.of(
                     ErrorKind.QUEUE_FULL,
-                    f"at most {self.config.max_concurrent_per_client} concurrent requests "
-                    "per connection; wait for one to finish",
+                    f"at most {limit} concurrent requests per connection; wait for one to finish",
                     request_id=rid,
                     retry_after=1.0,
                 ),
             )
-        if reject is not None:
-            nursery.start_soon(self._reply_quietly, session, reject)
-            return
         self._requests += 1
         self._in_flight += 1
         scope = trio.CancelScope()
         session.scopes[rid] = scope
         nursery.start_soon(self._run_request, session, frame, scope)
+        return None
 
     async def _run_request(
         self, session: _Session, frame: ChatCall | EmbedCall, scope: trio.CancelScope
     ) -> None:
         rid = frame.id
         request = frame.request
-        if request.request_id != rid and not request.request_id:
+        if not request.request_id:
             request = msgspec.structs.replace(request, request_id=rid)
         terminal: ServerFrame | None = None
         try:
             with scope:
                 await session.send(Accepted(id=rid))
-                if isinstance(frame, EmbedCall):
-                    assert isinstance(request, EmbedRequest)
-                    result = await self.backend.embed_request(request)
-                    terminal = (
-                        EmbedDone(id=rid, result=result)
-                        if isinstance(result, Embeddings)
-                        else FailureFrame(id=rid, failure=result)
-                    )
-                elif frame.stream:
-                    assert isinstance(request, ChatRequest)
-                    terminal = await self._stream(session, rid, request)
-                else:
-                    assert isinstance(request, ChatRequest)
-                    chat = await self.backend.chat_request(request)
-                    terminal = (
-                        Done(id=rid, result=chat)
-                        if isinstance(chat, Completion)
-                        else FailureFrame(id=rid, failure=chat)
-                    )
+                try:
+                    terminal = await self._call(session, rid, frame, request)
+                except _Closed:
+                    raise
+                except Exception as exc:  # a backend bug ends this request only
+                    log.exception("request %r failed", rid)
+                    terminal = frame_failure(ErrorKind.CRASHED, f"internal error: {exc}", id=rid)
             if scope.cancelled_caught:
-                terminal = frame_failure(ErrorKind.CANCELLED, "cancelled by the client", id=rid)
+                why = "server shutting down" if self._closing else "cancelled by the client"
+                terminal = frame_failure(ErrorKind.CANCELLED, why, id=rid)
             if terminal is not None:
                 await session.send(terminal)
         except _Closed:
@@ -448,6 +526,27 @@ class Gateway:
             self._in_flight -= 1
             if self._closing and not self._in_flight:
                 self._drained.set()
+
+    async def _call(
+        self,
+        session: _Session,
+        rid: str,
+        frame: ChatCall | EmbedCall,
+        request: ChatRequest | EmbedRequest,
+    ) -> ServerFrame:
+        if isinstance(frame, EmbedCall):
+            assert isinstance(request, EmbedRequest)
+            result = await self.backend.embed_request(request)
+            if isinstance(result, Embeddings):
+                return EmbedDone(id=rid, result=result)
+            return FailureFrame(id=rid, failure=result)
+        assert isinstance(request, ChatRequest)
+        if frame.stream:
+            return await self._stream(session, rid, request)
+        chat = await self.backend.chat_request(request)
+        if isinstance(chat, Completion):
+            return Done(id=rid, result=chat)
+        return FailureFrame(id=rid, failure=chat)
 
     async def _stream(self, session: _Session, rid: str, request: ChatRequest) -> ServerFrame:
         async with self.backend.stream_request(request) as handle:
