@@ -289,10 +289,12 @@ async def _check(
 
     run = _Run(requests, default_timeout, slack)
     before = _live_tasks()
-    limiter = trio.CapacityLimiter(concurrency or max(1, len(run.requests)))
+    # A semaphore taken by the starting loop and released by each call: calls start in batch
+    # order (trio's scheduler would otherwise pick waiting tasks in any order).
+    slots = trio.Semaphore(concurrency or max(1, len(run.requests)))
 
     async def guarded(index: int) -> None:
-        async with limiter:
+        try:
             allowance = run.allowance(run.requests[index])
             started = trio.current_time()
             with trio.move_on_after(allowance) as scope:
@@ -305,9 +307,12 @@ async def _check(
                 )
                 now = trio.current_time()
                 run.outcomes[index] = RequestOutcome(index, run.requests[index], None, started, now)
+        finally:
+            slots.release()
 
     async with trio.open_nursery() as nursery:
         for index in range(len(run.requests)):
+            await slots.acquire()
             nursery.start_soon(guarded, index, name=f"check_client request #{index}")
 
     if close is not None:
