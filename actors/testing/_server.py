@@ -129,7 +129,9 @@ class FakeProvider:
     def base_url(self, dialect: str) -> str:
         """The base URL an SDK or a connection config of *dialect* should use: ``{url}/v1`` for
         ``openai`` and ``anthropic``, ``{url}/v1beta`` for ``gemini``, ``{url}`` for
-        ``ollama``. Raises `ValueError` for another dialect."""
+        ``ollama``. Raises `ValueError` for another dialect. (These are the base URLs of
+        our dialects and of the OpenAI SDK; the official Anthropic SDK appends ``/v1``
+        itself, so give it `url`.)"""
         try:
             suffix = _BASE_PATHS[dialect]
         except KeyError:
