@@ -176,6 +176,8 @@ class Connection:
         )
         self.incarnation = 0
         self.running = False
+        # Envelopes an incarnation has taken from the mailbox and not yet finished.
+        self._taken: set[ProviderEnvelope] = set()
         self.ttft_ewma: float | None = None
 
     # -- configuration (control lane: synchronous, never queued) -------------------------
@@ -302,10 +304,40 @@ class Connection:
         except (QueueFull, MailboxClosed) as exc:
             return self._rejection(exc, call)
         try:
-            return await envelope.wait()
+            return await self._result(envelope)
         except BaseException:
             envelope.abandon()
             raise
+
+    async def _result(self, envelope: ProviderEnvelope) -> Reply:
+        """Wait for *envelope*'s result. If its deadline passes first while no incarnation
+        has taken it (it is still queued, or no actor is running), shed it here: a caller
+        never waits past its deadline for an actor that is busy or gone. An envelope an
+        actor has taken is left to the actor, which enforces the same deadline itself."""
+        with trio.move_on_at(envelope.deadline):
+            return await envelope.wait()
+        self._expire(envelope)
+        return await envelope.wait()
+
+    def _expire(self, envelope: ProviderEnvelope) -> None:
+        if envelope.resolved or envelope in self._taken:
+            return
+        call = envelope.request
+        waited = trio.current_time() - envelope.enqueued_at
+        envelope.abandon()
+        envelope.resolve(
+            Failure.of(
+                ErrorKind.DEADLINE,
+                f"deadline passed after {waited:.3f}s in the queue of {self.name!r}; "
+                "no tokens were spent",
+                connection=self.name,
+                model=call.model,
+                request_id=call.request.request_id,
+            )
+        )
+        self.mailbox.note_shed()
+        self.metrics.requests += 1
+        self.metrics.record_outcome(ErrorKind.DEADLINE)
 
     @asynccontextmanager
     async def stream(
@@ -332,7 +364,7 @@ class Connection:
             await self.mailbox.put(envelope)
         except (QueueFull, MailboxClosed) as exc:
             envelope.resolve(self._rejection(exc, call))
-        handle = ReplyStream(receive, envelope)
+        handle = ReplyStream(receive, envelope, self)
         try:
             with receive:
                 yield handle
@@ -355,26 +387,44 @@ class Connection:
 
 
 class ReplyStream:
-    """The caller's side of a streamed request: iterate events, then read ``result``."""
+    """The caller's side of a streamed request: iterate events, then read ``result``.
+
+    It is its own async iterator (not an async generator, which a caller breaking out of
+    its loop would leave to the garbage collector). While waiting for an event past the
+    request's deadline with the request still queued, the request is shed (see
+    `Connection.ask`)."""
 
     def __init__(
-        self, events: trio.MemoryReceiveChannel[StreamEvent], envelope: ProviderEnvelope
+        self,
+        events: trio.MemoryReceiveChannel[StreamEvent],
+        envelope: ProviderEnvelope,
+        connection: Connection | None = None,
     ) -> None:
         self._events = events
         self._envelope = envelope
+        self._connection = connection
+        self._guard = envelope.deadline if connection is not None else math.inf
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._iterate()
+    def __aiter__(self) -> ReplyStream:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[StreamEvent]:
-        if self._envelope.resolved and self._envelope.stream is None:
-            return
-        async for event in self._events:
-            yield event
+    async def __anext__(self) -> StreamEvent:
+        while True:
+            with trio.move_on_at(self._guard):
+                try:
+                    return await self._events.receive()
+                except (trio.EndOfChannel, trio.ClosedResourceError):
+                    raise StopAsyncIteration from None
+            self._guard = math.inf
+            if self._connection is not None:
+                self._connection._expire(self._envelope)
 
     async def wait(self) -> Completion | Failure:
         """The terminal result (waits for it if the stream is still running)."""
-        result = await self._envelope.wait()
+        if self._connection is not None:
+            result = await self._connection._result(self._envelope)
+        else:
+            result = await self._envelope.wait()
         assert not isinstance(result, Embeddings)
         return result
 
@@ -486,7 +536,7 @@ class ProviderActor:
         conn.incarnation += 1
         conn.running = True
         pool = _ClientPool(conn.transport, conn.config.timeouts.connect)
-        in_flight: set[ProviderEnvelope] = set()
+        in_flight = conn._taken
         slots = trio.Semaphore(conn.max_in_flight)
         try:
             async with trio.open_nursery() as nursery:
@@ -514,6 +564,7 @@ class ProviderActor:
                         request_id=envelope.request.request.request_id,
                     )
                 )
+            in_flight.clear()
             conn.limiter.abandon_in_flight()
             raise
         finally:
@@ -529,6 +580,10 @@ class ProviderActor:
     ) -> None:
         conn = self.connection
         mailbox = conn.mailbox
+        if envelope.resolved:  # shed by its caller while queued: already counted
+            in_flight.discard(envelope)
+            slots.release()
+            return
         mailbox.started()
         conn.metrics.requests += 1
         start = trio.current_time()
@@ -678,7 +733,8 @@ class ProviderActor:
                 latency=latency,
                 cost=cost,
             )
-        ttft = (state.first_token_at or now) - envelope.enqueued_at
+        first = state.first_token_at
+        ttft = (first if first is not None else now) - envelope.enqueued_at
         conn.metrics.ttft.observe(ttft)
         conn.ttft_ewma = ttft if conn.ttft_ewma is None else 0.8 * conn.ttft_ewma + 0.2 * ttft
         return msgspec.structs.replace(
@@ -764,7 +820,7 @@ class ProviderActor:
                     "output_tokens": usage.output_tokens if usage else None,
                     "duration": duration,
                     "time_to_first_token": (
-                        state.first_token_at - started if state.first_token_at else None
+                        state.first_token_at - started if state.first_token_at is not None else None
                     ),
                 },
             )
