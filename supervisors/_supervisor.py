@@ -213,9 +213,10 @@ class ChildExited(msgspec.Struct, frozen=True, kw_only=True, tag="child_exited")
 
 
 class ChildRestarted(msgspec.Struct, frozen=True, kw_only=True, tag="child_restarted"):
-    """At *at* the supervisor ordered child *id* restarted, because child *cause* (maybe *id*
-    itself) exited. It starts after *delay* seconds (backoff). *restart_count* counts this
-    child's restarts so far, this one included."""
+    """At *at* the supervisor decided to restart child *id* (and counted it against intensity)
+    because child *cause* (maybe *id* itself) exited. Emitted once the group's bystanders have
+    stopped; the child starts *delay* seconds (backoff) after that. *restart_count* counts
+    this child's restarts so far, this one included."""
 
     id: str
     at: float
@@ -286,6 +287,7 @@ class _Run:
         "reason",
         "reported",
         "scope",
+        "started",
         "stop_deadline",
         "stopping",
     )
@@ -301,6 +303,7 @@ class _Run:
         self.exited_at = 0.0
         self.during_start = False
         self.reported = False
+        self.started = False  # task_status.started() was called
 
 
 class _Child:
@@ -320,15 +323,19 @@ class _Child:
 class _StartStatus:
     """The ``task_status`` handed to a child: forwards ``started()`` and remembers it."""
 
-    __slots__ = ("called", "inner")
+    __slots__ = ("inner", "nursery", "run")
 
-    def __init__(self, inner: trio.TaskStatus[None]) -> None:
+    def __init__(self, inner: trio.TaskStatus[None], run: _Run, nursery: trio.Nursery) -> None:
         self.inner = inner
-        self.called = False
+        self.run = run
+        self.nursery = nursery
 
     def started(self, value: None = None) -> None:
         self.inner.started()
-        self.called = True
+        # When the start() waiting for this child was cancelled meanwhile (stop() interrupts
+        # a start), trio does not move the task into the supervisor's nursery: it stays in
+        # the startup nursery and is cancelled there. Only a task that moved has started.
+        self.run.started = trio.lowlevel.current_task().parent_nursery is self.nursery
 
 
 class _Exited:
@@ -454,6 +461,7 @@ class Supervisor:
         self._stop_requested = False
         self._interrupt: trio.CancelScope | None = None
         self._finished = trio.Event()
+        self._ended_at = -math.inf
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -507,8 +515,11 @@ class Supervisor:
 
         Raises `ValueError` if a child with that id exists, `ChildStartFailed` if it fails
         to start (it is not kept and no restart is counted, as in OTP), `SupervisorClosed`
-        when the supervisor is not running. Do not call it from a child's start function
-        before ``task_status.started()``: the supervisor is waiting for that child.
+        when the supervisor is not running. Requests are carried out one at a time by the
+        supervisor, between its other decisions: one made while it is still starting the
+        children given to `run` waits for that; one whose caller is cancelled still completes.
+        Do not call it from a child's start function before ``task_status.started()``: the
+        supervisor is waiting for that child.
         """
         await self._call(_Request(spec, spec.id))
 
@@ -548,14 +559,19 @@ class Supervisor:
         return receive
 
     def statistics(self) -> SupervisorStatistics:
-        """A frozen snapshot (call it inside trio: it reads the trio clock)."""
+        """A frozen snapshot. ``restarts_in_period`` is counted at ``trio.current_time()``,
+        or, outside trio, at the time the supervisor ended."""
+        try:
+            now = trio.current_time()
+        except RuntimeError:
+            now = self._ended_at
         return SupervisorStatistics(
             strategy=self.strategy,
             max_restarts=self._intensity.max_restarts,
             period=self._intensity.period,
             running=self._phase == "running",
             children=self.children(),
-            restarts_in_period=len(self._intensity.in_period(self._history, trio.current_time())),
+            restarts_in_period=len(self._intensity.in_period(self._history, now)),
             total_restarts=self._total_restarts,
             subscribers=len(self._subscribers),
             events_dropped=self._events_dropped,
@@ -658,20 +674,19 @@ class Supervisor:
             self._children.remove(child)
         for child in group:
             self._unschedule(child)
-        at = trio.current_time()
         for child in group:
             child.state = "restarting"
             child.restart_count += 1
             self._emit(
                 ChildRestarted(
                     id=child.spec.id,
-                    at=at,
+                    at=now,
                     restart_count=child.restart_count,
                     cause=failed.spec.id,
                     delay=delay,
                 )
             )
-        self._pending.append(_Pending(at + delay, group))
+        self._pending.append(_Pending(trio.current_time() + delay, group))
         return None
 
     async def _restart_due(self) -> SupervisorGaveUp | None:
@@ -695,6 +710,9 @@ class Supervisor:
                 await self._remove(request.child_id)
         except (ValueError, LookupError, SwitchboardError) as exc:
             request.error = exc
+        except BaseException:
+            request.error = SupervisorClosed("the supervisor ended while handling the request")
+            raise
         finally:
             request.done.set()
 
@@ -749,7 +767,9 @@ class Supervisor:
             except Exception as exc:
                 error = exc
         self._interrupt = None
-        if error is None and not scope.cancelled_caught:
+        # `run.started` rather than "no exception": a stop() racing with the child's
+        # started() may cancel this scope after the child moved into our nursery.
+        if error is None and run.started:
             child.state = "running"
             self._emit(
                 ChildStarted(id=child.spec.id, at=trio.current_time(), incarnation=run.incarnation)
@@ -762,22 +782,21 @@ class Supervisor:
             run.reason, run.error = "error", error
         else:
             run.reason = "shutdown"
-        if not run.done.is_set():  # trio's "exited without calling started()" lands here
-            run.exited_at = trio.current_time()
-        self._record_exit(child, run)
+        self._record_exit(child, run)  # the wrapper has set `exited_at`
         return error
 
     async def _child_main(
         self, child: _Child, run: _Run, *, task_status: trio.TaskStatus[None]
     ) -> None:
         """The wrapper task of one incarnation: runs it and reports how it ended."""
-        status = _StartStatus(task_status)
+        assert self._nursery is not None
+        status = _StartStatus(task_status, run, self._nursery)
         try:
             with run.scope:
                 await child.spec.start(task_status=status)
         except BaseException as exc:
             run.exited_at = trio.current_time()
-            if not status.called:
+            if not run.started:
                 run.done.set()
                 raise  # to the loop's nursery.start(): a failure to start
             if _only_cancelled(exc):
@@ -797,7 +816,7 @@ class Supervisor:
             return
         run.exited_at = trio.current_time()
         run.done.set()
-        if not status.called:
+        if not run.started:
             return  # trio raises RuntimeError in the loop's nursery.start()
         run.reason = "shutdown" if run.stopping else "normal"
         if not run.stopping:
@@ -845,6 +864,7 @@ class Supervisor:
         """Synchronous end of `run`: report what is left, fail waiting callers, close."""
         self._phase = "finished"
         self._nursery = None
+        self._ended_at = trio.current_time()
         while True:
             try:
                 message = self._inbox.receive_nowait()

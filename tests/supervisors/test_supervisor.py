@@ -8,6 +8,7 @@ asserted together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,13 @@ import msgspec
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from actors._provider import Connection, ProviderActor
 from protocol._config import ConnectionConfig
 from protocol._errors import SwitchboardError
-from supervisors._intensity import RestartType, Strategy
+from supervisors._intensity import RestartIntensity, RestartType, Strategy
 from supervisors._supervisor import (
     ChildExited,
     ChildRestarted,
@@ -345,9 +348,10 @@ async def test_rest_for_one_restarts_the_failed_child_and_later_ones(
         ("exited", "b", 1.0, "error"),
         ("exited", "d", 1.0, "shutdown"),
         ("exited", "c", 1.5, "shutdown"),  # c takes 0.5 s to drain
-        ("restarted", "b", 1.5, 1, "b"),
-        ("restarted", "c", 1.5, 1, "b"),
-        ("restarted", "d", 1.5, 1, "b"),
+        # decided (and counted) at 1.0, carried out once the bystanders have stopped
+        ("restarted", "b", 1.0, 1, "b"),
+        ("restarted", "c", 1.0, 1, "b"),
+        ("restarted", "d", 1.0, 1, "b"),
         ("started", "b", 1.5, 2),
         ("started", "c", 1.5, 2),
         ("started", "d", 1.5, 2),
@@ -1020,3 +1024,114 @@ async def test_supervises_a_provider_actor(autojump_clock: trio.testing.MockCloc
         running.append(conn.running)
     assert running == [True, False]
     assert summary(sup.events) == [("started", "c", 0.0, 1), ("exited", "c", 1.0, "shutdown")]
+
+
+# -- any script: the supervisor never wedges and its events stay consistent ---------------------
+
+behaviours = st.one_of(
+    st.sampled_from([("serve",), ("ignore_stop",), ("hang_start",)]),
+    st.tuples(
+        st.sampled_from(["drain", "crash", "return", "fail_start"]),
+        st.sampled_from([0.0, 0.5, 1.0, 2.0]),
+    ),
+)
+
+
+@settings(max_examples=120, deadline=None)
+@given(
+    strategy=st.sampled_from(["one_for_one", "one_for_all", "rest_for_one"]),
+    children=st.lists(
+        st.tuples(
+            st.sampled_from(["permanent", "transient", "temporary"]),
+            st.lists(behaviours, min_size=1, max_size=5),
+        ),
+        min_size=1,
+        max_size=4,
+    ),
+    max_restarts=st.integers(0, 4),
+    period=st.sampled_from([1.0, 5.0]),
+    backoff=st.sampled_from([None, (0.5, 2.0)]),
+    stop_at=st.sampled_from([0.0, 0.5, 1.0, 3.0, 10.0]),
+    removes=st.lists(st.tuples(st.sampled_from([0.25, 1.5, 4.0]), st.integers(0, 3)), max_size=2),
+)
+def test_any_script_ends_cleanly_with_consistent_events(
+    strategy: Strategy,
+    children: list[tuple[RestartType, list[Behaviour]]],
+    max_restarts: int,
+    period: float,
+    backoff: tuple[float, float] | None,
+    stop_at: float,
+    removes: list[tuple[float, int]],
+) -> None:
+    trace: Trace = []
+    ws = [
+        Worker(f"w{i}", trace, script, restart=restart, shutdown_timeout=1.0)
+        for i, (restart, script) in enumerate(children)
+    ]
+    sup = Supervisor(strategy=strategy, max_restarts=max_restarts, period=period, backoff=backoff)
+    outcome: list[str] = []
+
+    async def remove(at: float, index: int) -> None:
+        await trio.sleep_until(at)
+        with contextlib.suppress(LookupError, SupervisorClosed):
+            await sup.remove_child(f"w{index}")
+
+    async def driver() -> None:
+        async with trio.open_nursery() as nursery:
+            for at, index in removes:
+                nursery.start_soon(remove, at, index)
+            await trio.sleep_until(stop_at)
+            await sup.stop()
+
+    async def main() -> None:
+        with trio.fail_after(1000):  # virtual seconds: a wedged supervisor fails here
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(driver)
+                    await sup.run([w.spec() for w in ws])
+                    nursery.cancel_scope.cancel()
+                outcome.append("stopped")
+            except* SupervisorGaveUp:
+                outcome.append("gave up")
+            except* ChildStartFailed:
+                outcome.append("start failed")
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+    events = list(sup.events)
+    starts = [(e.id, e.incarnation) for e in events if isinstance(e, ChildStarted)]
+    exits = [(e.id, e.incarnation) for e in events if isinstance(e, ChildExited)]
+    assert len(set(starts)) == len(starts)
+    assert len(set(exits)) == len(exits)
+    # Every incarnation that started has exited by the end, after its start.
+    assert set(starts) <= set(exits)
+    position = {
+        (type(e), e.id, e.incarnation): i
+        for i, e in enumerate(events)
+        if isinstance(e, ChildStarted | ChildExited)
+    }
+    for child_id, incarnation in starts:
+        assert (
+            position[ChildStarted, child_id, incarnation]
+            < position[ChildExited, child_id, incarnation]
+        )
+    # Event times never go backwards for decisions taken by the control loop.
+    times = [e.at for e in events if not isinstance(e, ChildExited)]
+    assert times == sorted(times)
+    # Restart decisions (one ChildRestarted naming the failed child itself) respect intensity.
+    decisions = [e.at for e in events if isinstance(e, ChildRestarted) and e.id == e.cause]
+    history: tuple[float, ...] = ()
+    for at in decisions:
+        history, allowed = RestartIntensity(max_restarts, period).add_restart(history, at)
+        assert allowed
+    stats = sup.statistics()
+    assert not stats.running
+    assert len(decisions) <= stats.total_restarts <= len(decisions) + 1
+    gave = [i for i, e in enumerate(events) if isinstance(e, GaveUp)]
+    if outcome == ["gave up"]:
+        assert len(gave) == 1
+        after = events[gave[0] + 1 :]
+        assert all(isinstance(e, ChildExited) for e in after)
+    else:
+        assert not gave
+    assert all(c.state == "stopped" for c in sup.children())
