@@ -30,8 +30,8 @@ Theory of operation
 One *control loop* (the task running `Supervisor.run`) owns the table of children, in start
 order, and makes every decision, one at a time, like OTP's gen_server: child exits, dynamic
 `add_child`/`remove_child` requests and due restarts are handled in sequence, so no two
-decisions ever race. Children report to it through an unbounded inbox (one message per
-incarnation at most, so it cannot grow without bound).
+decisions ever race. Children report to it through an unbounded inbox (at most one message
+per incarnation or pending request, so it cannot grow without bound).
 
 Each child incarnation runs in a wrapper task in the supervisor's nursery, inside its own
 cancel scope, and is started with ``nursery.start`` so that "failed to start" (an exception
@@ -65,10 +65,11 @@ that child (OTP's ``try_again_restart``): intensity again, a new plan, a new sch
 child that never starts costs one restart per attempt and intensity ends it; meanwhile the
 loop keeps handling requests between attempts, and `stop()` interrupts a start in progress.
 
-Stopping one child (graceful shutdown): call its spec's ``stop`` hook (e.g. close its
-mailbox so it drains and returns), wait up to ``shutdown_timeout``, then cancel its scope and
-wait for it to finish. A child that shields itself from cancellation cannot be stopped; that
-is a bug in the child.
+Once `stop()` is requested nothing is restarted any more, not even a child whose exit
+raced with the request. Stopping one child (graceful shutdown): call its spec's ``stop``
+hook (e.g. close its mailbox so it drains and returns), wait up to ``shutdown_timeout``, then
+cancel its scope and wait for it to finish. A child that shields itself from cancellation
+cannot be stopped; that is a bug in the child.
 
 Events: every decision is a typed `SupervisorEvent`, kept in a bounded `events` deque, logged
 on the ``switchboard.supervisor`` logger and published to subscribers. A subscriber gets a
@@ -76,10 +77,11 @@ bounded memory channel; when it is full the *oldest* buffered event is dropped (
 events describe the current state) and counted in `SupervisorStatistics.events_dropped`.
 Publishing never waits, so a slow subscriber never slows supervision.
 
-Differences from OTP, on purpose: times are exact floats (OTP truncates to seconds); restarts
-may be delayed by an optional backoff; a failure to start a child given to `run` (OTP:
-``init``) fails `run` with `ChildStartFailed` after stopping the children already started,
-as OTP's ``init_children`` does; no ``simple_one_for_one`` (use dynamic children) and no
+As in OTP's ``init_children``, a child given to `run` that fails to start fails `run`
+(`ChildStartFailed`, before it reports started) after the children already started are
+stopped in reverse order. Differences from OTP, on purpose: times are exact floats (OTP
+truncates to seconds); restarts may be delayed by an optional backoff; an exit that races
+with `stop()` is not restarted; no ``simple_one_for_one`` (use dynamic children) and no
 ``significant``/``auto_shutdown``.
 """
 
@@ -624,6 +626,8 @@ class Supervisor:
             return None  # stale: the supervisor already stopped that incarnation
         child.run = None
         child.state = "stopped"
+        if self._stop_requested:
+            return None  # an exit that raced with stop(): shutting down, nothing restarts
         if should_restart(child.spec.restart, run.reason):
             return await self._restart(child, run.error)
         if child.spec.restart == "temporary":

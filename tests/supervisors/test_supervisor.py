@@ -680,6 +680,23 @@ async def test_stop_hook_that_raises_is_logged_and_child_still_stopped(
     assert any("stop hook of child 'c' raised" in r.getMessage() for r in caplog.records)
 
 
+async def test_exit_racing_with_stop_is_not_restarted(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # The child returns at t=1 while stop() is called at t=1: trio runs the two in either
+    # order, so repeat; whichever came first, a stopping supervisor restarts nothing.
+    for _ in range(30):
+        trace: Trace = []
+        (w,) = workers(trace, ("w", [("return", 1.0), ("serve",)]))
+        sup = Supervisor()
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run, [w.spec()])
+            await trio.sleep(1.0)
+            await sup.stop()
+        assert not [e for e in sup.events if isinstance(e, ChildRestarted)]
+        assert w.incarnations == 1
+
+
 async def test_outer_cancellation_does_not_restart(autojump_clock: trio.testing.MockClock) -> None:
     trace: Trace = []
     a, b = workers(trace, ("a", [("serve",)]), ("b", [("ignore_stop",)]))
