@@ -5,6 +5,8 @@ The fault-injection kit lives in `actors.testing`.
 Imports `protocol`, never `supervisors` (a test keeps it so).
 """
 
+import typing as _typing
+
 from ._admission import Admission as Admission
 from ._admission import AdmissionStatistics as AdmissionStatistics
 from ._admission import AdmissionTimeout as AdmissionTimeout
@@ -47,6 +49,35 @@ from ._router import ResolvedTarget as ResolvedTarget
 from ._router import Router as Router
 from ._router import RouterStream as RouterStream
 
+if _typing.TYPE_CHECKING:
+    from ._client import Client as Client
+    from ._client import ClientStream as ClientStream
+    from ._client import GatewayError as GatewayError
+    from ._gateway import Gateway as Gateway
+    from ._gateway import GatewayBackend as GatewayBackend
+    from ._gateway import GatewayStatistics as GatewayStatistics
+
+_LAZY = {
+    "Client": "._client",
+    "ClientStream": "._client",
+    "Gateway": "._gateway",
+    "GatewayBackend": "._gateway",
+    "GatewayError": "._client",
+    "GatewayStatistics": "._gateway",
+}
+
+
+def __getattr__(name: str) -> object:
+    # The gateway and its client pull in trio-websocket (wsproto, h11): imported on first use
+    # so that importing the package stays light.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib as _importlib
+
+    return getattr(_importlib.import_module(module, __name__), name)
+
+
 __all__ = [
     "Admission",
     "AdmissionStatistics",
@@ -56,11 +87,17 @@ __all__ = [
     "BreakerState",
     "BreakerTransitionError",
     "Call",
+    "Client",
+    "ClientStream",
     "Connection",
     "ConnectionMetrics",
     "ConnectionMetricsSnapshot",
     "ConnectionStatistics",
     "Envelope",
+    "Gateway",
+    "GatewayBackend",
+    "GatewayError",
+    "GatewayStatistics",
     "Grant",
     "HistogramSnapshot",
     "Limiter",

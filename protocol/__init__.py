@@ -43,6 +43,31 @@ from ._errors import counts_against_breaker as counts_against_breaker
 from ._errors import is_retryable as is_retryable
 from ._errors import parks_limiter as parks_limiter
 from ._errors import policy as policy
+from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
+from ._frames import SUBPROTOCOL_JSON as SUBPROTOCOL_JSON
+from ._frames import SUBPROTOCOL_MSGPACK as SUBPROTOCOL_MSGPACK
+from ._frames import Accepted as Accepted
+from ._frames import Cancel as Cancel
+from ._frames import ChatCall as ChatCall
+from ._frames import ClientFrame as ClientFrame
+from ._frames import ConnectionStatus as ConnectionStatus
+from ._frames import Done as Done
+from ._frames import EmbedCall as EmbedCall
+from ._frames import EmbedDone as EmbedDone
+from ._frames import EventFrame as EventFrame
+from ._frames import FailureFrame as FailureFrame
+from ._frames import FrameError as FrameError
+from ._frames import Goodbye as Goodbye
+from ._frames import Hello as Hello
+from ._frames import Ping as Ping
+from ._frames import Pong as Pong
+from ._frames import ServerFrame as ServerFrame
+from ._frames import StatusCall as StatusCall
+from ._frames import StatusReply as StatusReply
+from ._frames import Welcome as Welcome
+from ._frames import decode_client_frame as decode_client_frame
+from ._frames import decode_server_frame as decode_server_frame
+from ._frames import encode_frame as encode_frame
 from ._messages import ChatRequest as ChatRequest
 from ._messages import Completion as Completion
 from ._messages import ContentPart as ContentPart
@@ -73,21 +98,34 @@ from ._ratelimit import parse_rate_limit_headers as parse_rate_limit_headers
 from ._ratelimit import parse_retry_after as parse_retry_after
 
 __all__ = [
+    "Accepted",
     "BreakerConfig",
+    "Cancel",
+    "ChatCall",
     "ChatRequest",
+    "ClientFrame",
     "Completion",
     "ConfigError",
     "ConnectionConfig",
+    "ConnectionStatus",
     "ContentPart",
     "DecodedItem",
     "Dialect",
+    "Done",
+    "EmbedCall",
+    "EmbedDone",
     "EmbedRequest",
     "Embeddings",
     "ErrorKind",
+    "EventFrame",
     "Failure",
+    "FailureFrame",
     "FinishReason",
     "Finished",
+    "FrameError",
     "GatewayConfig",
+    "Goodbye",
+    "Hello",
     "HttpRequest",
     "ImagePart",
     "KindPolicy",
@@ -95,6 +133,9 @@ __all__ = [
     "Message",
     "POLICIES",
     "PRESETS",
+    "PROTOCOL_VERSION",
+    "Ping",
+    "Pong",
     "Preset",
     "Price",
     "ProtocolError",
@@ -109,7 +150,12 @@ __all__ = [
     "RouteConfig",
     "RuntimeConfig",
     "RuntimeSettings",
+    "SUBPROTOCOL_JSON",
+    "SUBPROTOCOL_MSGPACK",
     "Secret",
+    "ServerFrame",
+    "StatusCall",
+    "StatusReply",
     "StreamAccumulator",
     "StreamDecoder",
     "StreamEvent",
@@ -125,12 +171,16 @@ __all__ = [
     "ToolUsePart",
     "Usage",
     "UsageUpdate",
+    "Welcome",
     "config_from_dict",
     "config_problems",
     "connection_from_dict",
     "counts_against_breaker",
+    "decode_client_frame",
+    "decode_server_frame",
     "dialect_for",
     "dumps_config",
+    "encode_frame",
     "is_retryable",
     "load_config",
     "loads_config",

@@ -99,3 +99,23 @@ def test_private_modules_start_with_underscore(name: str) -> None:
 @pytest.mark.parametrize("name", ["protocol", "actors", "supervisors"])
 def test_py_typed_present(name: str) -> None:
     assert (ROOT / name / "py.typed").exists()
+
+
+def test_importing_supervisors_stays_light() -> None:
+    """`import supervisors` must not pull in the CLI, the fault kit, Hypothesis or the
+    WebSocket stack (DESIGN: keep it ≤0.3 s / ≤40 MB; timing is measured in bench/, this test
+    checks the cause: which modules get imported)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, supervisors, actors, protocol; "
+        "print(' '.join(sorted(m for m in sys.modules if m.split('.')[0] in "
+        "{'hypothesis', 'trio_websocket', 'wsproto', 'h11'} or m in "
+        "{'supervisors._cli', 'actors.testing', 'supervisors._serving', 'actors._gateway', "
+        "'actors._client'})))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert done.stdout.strip() == ""
