@@ -25,11 +25,15 @@ Choices:
   ``mid_stream`` policy: ``fail`` (the typed ``stream_interrupted`` failure with partial
   usage), ``restart`` (a `Restart` event, then the next target from scratch), or
   ``continue`` (an assistant-prefill continuation on a target declared to support prefill,
-  falling back to ``restart`` when none does or when the prefill is rejected).
+  falling back to ``restart`` when none does or when the prefill is rejected: the
+  rejection is never the caller's final error). A continuation's completion carries the
+  whole text (prefix + continuation); its usage is the continuation attempt's.
 - **Hedging.** With ``hedge_after_s`` (seconds, or ``"auto"`` for twice the target's moving
-  average time to first token), a stream whose first event has not arrived in time starts
-  the next target too; the first to produce an event wins, the other is cancelled (its usage
-  is still recorded by its connection, as wasted).
+  average time to first token; no hedge until measured), a stream whose first event has not
+  arrived in time starts the next target too (at once if the first fails before that); the
+  first to produce an event wins, the other is cancelled (its usage is still recorded by its
+  connection, as wasted). A hedged try is then treated like any other (mid-stream policy).
+  Non-streamed requests are not hedged.
 - **Accounting.** The result names the connection and model that answered; ``attempts``
   counts every attempt on every target; the completion's usage is the winning attempt's only
   (failed attempts are recorded by their connections as wasted usage, never billed twice).
