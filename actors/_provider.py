@@ -22,9 +22,17 @@ connection's *generation* (config, dialect, policies) when it starts, so a hot s
 (`Connection.override`) affects new requests only and in-flight ones finish as they began.
 
 **Time limits.** Every wait is bounded by the request's absolute deadline (trio clock), which
-covers queueing, admission, attempts, retry sleeps and streaming. Inside an attempt: connect
-(httpx), time to first token and inter-chunk stall (trio cancel scopes - they also work with
-in-memory transports, which httpx timeouts do not reach).
+covers queueing, admission, attempts, retry sleeps and streaming (also a caller that stops
+reading a stream). A request still queued when its deadline passes is shed by its caller's
+side (`Connection.ask`, `ReplyStream`), so no caller waits past its deadline for a busy or
+crashed actor; the actor skips it later. Inside an attempt: connect (httpx), time to first
+token (streamed: the first event; non-streamed: the whole body) and inter-chunk stall (once
+any body byte arrived, streamed or not) - trio cancel scopes, which also work with in-memory
+transports that httpx timeouts do not reach.
+
+**Bodies end cleanly.** A finished stream's trailing bytes are drained (bounded) so the HTTP
+connection can be reused, and a body abandoned early is finished inside a cancelled scope
+(`_discard`) so no async generator of httpx's chain is left to the garbage collector.
 
 **Exactly once.** Each request ends with exactly one `Completion`/`Embeddings` or `Failure`
 (the envelope's one-shot slot). Usage of every attempt is recorded exactly once, in a
