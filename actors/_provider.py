@@ -78,7 +78,7 @@ from protocol._messages import (
 from protocol._ratelimit import RateLimitInfo, parse_rate_limit_headers
 
 from ._admission import Admission, AdmissionTimeout
-from ._breaker import Breaker, BreakerSnapshot, Permit
+from ._breaker import Breaker, BreakerSnapshot, BreakerState, Permit
 from ._http_errors import failure_from_exception, is_httpx_error
 from ._limiter import Grant, Limiter, LimiterSnapshot
 from ._mailbox import Envelope, Mailbox, MailboxClosed, MailboxStatistics, QueueFull
@@ -211,12 +211,16 @@ class Connection:
             self.budget = RetryBudget(config.retry)
 
     def force_open(self) -> None:
-        self.breaker.force_open(trio.current_time())
-        self._drain_transitions()
+        """Refuse every request until `force_close` (an operator's command; idempotent)."""
+        if self.breaker.state is not BreakerState.FORCED_OPEN:
+            self.breaker.force_open(trio.current_time())
+            self._drain_transitions()
 
     def force_close(self) -> None:
-        self.breaker.force_close(trio.current_time())
-        self._drain_transitions()
+        """Close the breaker now, forgetting its window (idempotent)."""
+        if self.breaker.state is not BreakerState.CLOSED:
+            self.breaker.force_close(trio.current_time())
+            self._drain_transitions()
 
     def _drain_transitions(self) -> None:
         for t in self.breaker.drain_transitions():

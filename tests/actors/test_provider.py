@@ -548,3 +548,18 @@ async def test_embeddings_go_through_the_same_path(
     else:
         assert tokens(recorded(conn)) == tokens(reported(fake.attempts))
         assert recorded(conn).input_tokens > 0
+
+
+async def test_breaker_commands_are_idempotent(autojump_clock: trio.testing.MockClock) -> None:
+    conn = Connection(ConnectionConfig(name="c", provider="openai", base_url="http://fake/v1"))
+    conn.force_open()
+    conn.force_open()
+    assert conn.breaker.state.value == "forced_open"
+    assert conn.metrics.snapshot().breaker_transitions == {"closed->forced_open": 1}
+    conn.force_close()
+    conn.force_close()
+    assert conn.breaker.state.value == "closed"
+    assert conn.metrics.snapshot().breaker_transitions == {
+        "closed->forced_open": 1,
+        "forced_open->closed": 1,
+    }
