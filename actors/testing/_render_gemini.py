@@ -248,7 +248,8 @@ class GeminiRenderer:
         return Rendered(
             status=200,
             headers=self._headers(_JSON, wall),
-            pieces=[Piece(_pretty(body), "body", usage=True)],
+            # Gemini's embedding responses carry no usage, so none is reported here.
+            pieces=[Piece(_pretty(body), "body")],
             streamed=False,
         )
 
