@@ -107,6 +107,7 @@ class Call(msgspec.Struct, frozen=True):
 ProviderEnvelope = Envelope[Call, Reply, StreamEvent]
 
 DEFAULT_MAX_IN_FLIGHT = 256
+_REFUSING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 STREAM_BUFFER = 16
 DRAIN_S = 1.0
 """How long a finished stream may take to deliver the rest of its body (see `_drain`)."""
@@ -241,15 +242,19 @@ class Connection:
     # -- availability (for the router) --------------------------------------------------
 
     def unavailable_for(self, now: float) -> float | None:
-        """Seconds until this connection may accept work, or ``None`` if it may now (its
-        breaker refuses or its limiter is parked by a 429)."""
+        """Seconds until this connection may accept work, or ``None`` if it may now: its
+        breaker refuses (``math.inf`` while forced open: only an operator reopens it) or its
+        limiter is parked by a 429."""
         waits: list[float] = []
         snap = self.breaker.snapshot(now)
-        if snap.open_until is not None and (
-            snap.state.value == "forced_open"
-            or (snap.state.value == "open" and snap.open_until > now)
+        if snap.state is BreakerState.FORCED_OPEN:
+            waits.append(math.inf)
+        elif (
+            snap.state is BreakerState.OPEN
+            and snap.open_until is not None
+            and snap.open_until > now
         ):
-            waits.append(max(0.0, snap.open_until - now))
+            waits.append(snap.open_until - now)
         parked = self.limiter.parked_until
         if parked is not None and parked > now:
             waits.append(parked - now)
@@ -702,6 +707,19 @@ class ProviderActor:
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="silent target: failing over instead"
                 )
+            breaker = conn.breaker.snapshot(now)
+            if decision.retry and breaker.state in _REFUSING:
+                # This failure (or an earlier one) opened the breaker: sleeping through the
+                # backoff would only end in circuit_open. Give up now with the real cause, and
+                # say when the breaker will let a call through again.
+                decision = msgspec.structs.replace(
+                    decision, retry=False, reason="the circuit breaker opened"
+                )
+                if breaker.open_until is not None:
+                    outcome = msgspec.structs.replace(
+                        outcome,
+                        retry_after=max(outcome.retry_after or 0.0, breaker.open_until - now),
+                    )
             if decision.retry and not conn.budget.try_retry(now):
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="retry budget of the connection is spent"

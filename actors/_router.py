@@ -42,6 +42,7 @@ Choices:
 from __future__ import annotations
 
 import fnmatch
+import math
 import random
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
@@ -282,7 +283,8 @@ class Router:
                 continue
             wait = conn.unavailable_for(trio.current_time())
             if wait is not None:
-                waits.append(wait)
+                if math.isfinite(wait):
+                    waits.append(wait)
                 continue
             if trio.current_time() >= deadline:
                 break
@@ -424,7 +426,8 @@ class Router:
                 continue
             wait = conn.unavailable_for(trio.current_time())
             if wait is not None:
-                waits.append(wait)
+                if math.isfinite(wait):
+                    waits.append(wait)
                 continue
             if trio.current_time() >= deadline:
                 break

@@ -164,11 +164,14 @@ async def test_endpoint_call_with_breaker_and_retry_config(autojump_clock: MockC
             4,
         )
         assert trio.current_time() == 7.0
-        # The fifth failure opens the breaker; the retry a second later meets it.
+        # The fifth failure opens the breaker: the call gives up at once with the real cause
+        # (no retry into an open breaker) and says when the breaker will let a call through.
         with pytest.raises(RequestFailed) as second:
             await endpoint.chat(request)
-        assert second.value.failure.kind is ErrorKind.CIRCUIT_OPEN
-        assert trio.current_time() == 8.0
+        assert second.value.failure.kind is ErrorKind.OVERLOADED
+        assert second.value.failure.attempts == 1
+        assert second.value.failure.retry_after == 30.0
+        assert trio.current_time() == 7.0
 
         # "except CircuitBreakerOpenError: response = get_cached_response()"
         refusal = None
@@ -180,7 +183,7 @@ async def test_endpoint_call_with_breaker_and_retry_config(autojump_clock: MockC
         assert response == "cached"
         assert refusal is not None
         assert refusal.kind is ErrorKind.CIRCUIT_OPEN
-        assert refusal.retry_after == 29.0  # open since t=7 for 30 s
+        assert refusal.retry_after == 30.0  # opened at t=7 for 30 s; asked at t=7
         assert len(provider.attempts) == 5
 
         await trio.sleep_until(37.0)  # recovery_time later the provider is back
