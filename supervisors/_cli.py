@@ -187,8 +187,8 @@ async def _serve(args: argparse.Namespace) -> int:
     from actors.testing._server import FakeProvider
 
     from ._runtime import open_runtime
-    from ._serving import start_gateway
 
+    listen_error: BaseException | None = None
     async with trio.open_nursery() as nursery:
         if args.config:
             config = load_config(args.config)
@@ -198,44 +198,44 @@ async def _serve(args: argparse.Namespace) -> int:
             config = embedded_config(fake.base_url("openai"), port=DEFAULT_PORT)
             print(f"local fake provider on {fake.url} (connection 'local', no key needed)")
         gateway_cfg = config.gateway or GatewayConfig()
+        gateway_cfg = msgspec.structs.replace(gateway_cfg, enabled=True)
         if args.host:
             gateway_cfg = msgspec.structs.replace(gateway_cfg, host=args.host)
         if args.port is not None:
             gateway_cfg = msgspec.structs.replace(gateway_cfg, port=args.port)
-        token: str | None = None
         if gateway_cfg.tokens:
-            token = gateway_cfg.tokens[0].reveal()
-            shown = "(from the config)"
+            token, shown = gateway_cfg.tokens[0].reveal(), "(from the config)"
         else:
-            token = secrets.token_urlsafe(24)
+            token = shown = secrets.token_urlsafe(24)
             gateway_cfg = msgspec.structs.replace(gateway_cfg, tokens=[Secret(token)])
-            shown = token
-        names = ", ".join(config.connections) or "(none)"
-        print(f"connections: {names}")
-        async with open_runtime(config) as rt:
-            try:
-                gateway = await start_gateway(rt, nursery, gateway_cfg)
-            except OSError as exc:
-                _err(
-                    f"cannot listen on {gateway_cfg.host}:{gateway_cfg.port} ({exc.strerror}); "
-                    "is another `switchboard serve` running? Pass --port 0 for a free port."
-                )
-                nursery.cancel_scope.cancel()
-                return EXIT_USAGE
-            path = write_state(gateway.url, token)
-            print(f"gateway listening on {gateway.url}")
-            print(f"token: {shown}")
-            print(f"state file: {path} (used by `switchboard chat` and `switchboard status`)")
-            print('try: switchboard chat "hello"   (Ctrl-C stops the server)', flush=True)
-            try:
-                with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                    async for _ in signals:
-                        print("shutting down: draining in-flight requests...", flush=True)
-                        break
-                await gateway.shutdown(rt.config.runtime.shutdown_timeout_s)
-            finally:
-                remove_state()
-        nursery.cancel_scope.cancel()
+        config = msgspec.structs.replace(config, gateway=gateway_cfg)
+        print(f"connections: {', '.join(config.connections) or '(none)'}")
+        try:
+            async with open_runtime(config) as rt:
+                assert rt.gateway is not None
+                path = write_state(rt.gateway.url, token)
+                print(f"gateway listening on {rt.gateway.url}")
+                print(f"token: {shown}")
+                print(f"state file: {path} (used by `switchboard chat` and `switchboard status`)")
+                print('try: switchboard chat "hello"   (Ctrl-C stops the server)', flush=True)
+                try:
+                    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                        async for _ in signals:
+                            print("shutting down: draining in-flight requests...", flush=True)
+                            break
+                finally:
+                    remove_state()
+        except* OSError as group:
+            listen_error = group.exceptions[0]
+        finally:
+            nursery.cancel_scope.cancel()
+    if listen_error is not None:
+        reason = getattr(listen_error, "strerror", None) or listen_error
+        _err(
+            f"cannot listen on {gateway_cfg.host}:{gateway_cfg.port} ({reason}); "
+            "is another `switchboard serve` running? Pass --port 0 for a free port."
+        )
+        return EXIT_USAGE
     print("stopped")
     return EXIT_OK
 

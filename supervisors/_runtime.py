@@ -40,7 +40,7 @@ import random
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import msgspec
@@ -56,6 +56,9 @@ from protocol._errors import ConfigError, ErrorKind, RequestFailed
 from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure, Message
 
 from ._supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from actors._gateway import Gateway
 
 
 class ModelTotals(msgspec.Struct, frozen=True, kw_only=True):
@@ -216,6 +219,8 @@ class Runtime:
             period=settings.restart_period_s,
         )
         self._closing = False
+        self.gateway: Gateway | None = None
+        """The WebSocket gateway, when the config enables one (see `start_runtime`)."""
         self._requests = 0
         self._completions = 0
         self._failures: Counter[str] = Counter()
@@ -250,6 +255,9 @@ class Runtime:
         """Drain and stop: close every mailbox, let actors finish their work up to
         ``runtime.shutdown_timeout_s``, then cancel what remains."""
         self._closing = True
+        if self.gateway is not None:
+            # Tell remote clients first: no new requests, running ones may finish.
+            await self.gateway.shutdown(self.config.runtime.shutdown_timeout_s)
         # Close every mailbox first, so all connections drain at the same time (the
         # supervisor then stops them one by one, each within the shutdown timeout).
         for conn in list(self.connections.values()):
@@ -507,10 +515,16 @@ async def start_runtime(
     transport: httpx.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
 ) -> Runtime:
-    """Start the runtime's tree in *nursery* and return it once every connection is up.
+    """Start the runtime's tree in *nursery* and return it once every connection is up (and,
+    when the config has an enabled ``[gateway]``, once the gateway listens: ``rt.gateway``).
     Stop it with ``await rt.aclose()`` (or cancel the nursery)."""
     runtime = Runtime(_resolve_config(config), transports=transports, transport=transport, rng=rng)
     await nursery.start(runtime._run)
+    gateway = runtime.config.gateway
+    if gateway is not None and gateway.enabled:
+        from ._serving import start_gateway  # the WebSocket stack only when it is used
+
+        runtime.gateway = await start_gateway(runtime, nursery, gateway)
     return runtime
 
 

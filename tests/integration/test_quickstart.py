@@ -74,3 +74,16 @@ def test_serve_then_chat_then_status(env: dict[str, str], tmp_path: Path) -> Non
     assert server.returncode == 0, out
     assert "stopped" in out
     assert not state.exists(), "serve must remove its state file on exit"
+
+
+def test_serve_on_a_busy_port_says_what_to_do(env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = run(["serve", "--port", str(port)], env, timeout=60)
+    assert done.returncode == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "--port 0" in done.stderr
