@@ -32,7 +32,9 @@ EXCEPTION_TABLE: tuple[tuple[type[BaseException], ErrorKind, ErrorKind, str], ..
     (httpx.CloseError, K.CONNECTION, K.STREAM_INTERRUPTED, "error closing the connection"),
     (httpx.NetworkError, K.CONNECTION, K.STREAM_INTERRUPTED, "network error"),
     (httpx.RemoteProtocolError, K.CONNECTION, K.STREAM_INTERRUPTED, "server broke HTTP"),
-    (httpx.LocalProtocolError, K.PROTOCOL, K.PROTOCOL, "invalid HTTP request"),
+    # Our own request broke HTTP (e.g. a line break in a configured header): a config problem,
+    # not a provider fault - never retried, never held against the provider's breaker.
+    (httpx.LocalProtocolError, K.CONFIG, K.CONFIG, "invalid HTTP request (check headers)"),
     (httpx.ProtocolError, K.PROTOCOL, K.STREAM_INTERRUPTED, "HTTP protocol error"),
     (httpx.ProxyError, K.CONNECTION, K.CONNECTION, "proxy error"),
     (httpx.UnsupportedProtocol, K.CONFIG, K.CONFIG, "unsupported URL scheme"),

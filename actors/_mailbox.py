@@ -162,6 +162,7 @@ class Mailbox(Generic[Req, Rep, Ev]):
         self._rejected = 0
         self._shed = 0
         self._service_ewma = 0.0
+        self._closed = False
 
     # -- caller side -------------------------------------------------------------------
 
@@ -249,8 +250,14 @@ class Mailbox(Generic[Req, Rep, Ev]):
             else 0.8 * self._service_ewma + 0.2 * service_time
         )
 
+    @property
+    def closed(self) -> bool:
+        """True once `close` was called: the actor drains and takes no new work."""
+        return self._closed
+
     def close(self) -> None:
         """No new envelopes are accepted; queued ones can still be taken."""
+        self._closed = True
         self._send.close()
 
     def statistics(self) -> MailboxStatistics:
@@ -272,8 +279,8 @@ async def ask(mailbox: Mailbox[Req, Rep, Ev], request: Req, *, deadline: float =
     """Send *request* and wait for its one reply. If the caller is cancelled, the envelope is
     abandoned (the actor stops working on it). Raises `QueueFull` / `MailboxClosed`."""
     envelope: Envelope[Req, Rep, Ev] = Envelope(request, deadline=deadline)
-    await mailbox.put(envelope)
     try:
+        await mailbox.put(envelope)
         return await envelope.wait()
     except BaseException:
         envelope.abandon()
@@ -295,8 +302,8 @@ async def ask_stream(
     """
     send, receive = trio.open_memory_channel[Ev](buffer)
     envelope: Envelope[Req, Rep, Ev] = Envelope(request, deadline=deadline, stream=send)
-    await mailbox.put(envelope)
     try:
+        await mailbox.put(envelope)
         with receive:
             yield receive, envelope
     finally:

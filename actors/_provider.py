@@ -54,16 +54,16 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import httpx
 import msgspec
 import trio
 
 from protocol._accumulate import StreamAccumulator
-from protocol._config import ConnectionConfig
+from protocol._config import ConnectionConfig, Price
 from protocol._dialect import Dialect, HttpRequest, dialect_for
-from protocol._errors import ErrorKind, ProtocolError
+from protocol._errors import ErrorKind, ProtocolError, parks_limiter
 from protocol._messages import (
     ChatRequest,
     Completion,
@@ -79,6 +79,7 @@ from protocol._ratelimit import RateLimitInfo, parse_rate_limit_headers
 
 from ._admission import Admission, AdmissionTimeout
 from ._breaker import Breaker, BreakerSnapshot, BreakerState, Permit
+from ._groups import first_error, only_cancelled
 from ._http_errors import failure_from_exception, is_httpx_error
 from ._limiter import Grant, Limiter, LimiterSnapshot
 from ._mailbox import Envelope, Mailbox, MailboxClosed, MailboxStatistics, QueueFull
@@ -180,9 +181,12 @@ class Connection:
         )
         self.transport = transport
         self.rng = rng or random.Random()
+        self._fixed_in_flight = max_in_flight
         self.max_in_flight = (
             max_in_flight or config.rate_limit.concurrent_requests or (DEFAULT_MAX_IN_FLIGHT)
         )
+        # The running incarnation's in-flight slots (resized by `override`).
+        self._slots: trio.CapacityLimiter | None = None
         self.incarnation = 0
         self.running = False
         # Envelopes an incarnation has taken from the mailbox and not yet finished.
@@ -202,14 +206,27 @@ class Connection:
         old = self._generation.config
         if config.name != old.name:
             config = msgspec.structs.replace(config, name=old.name)
-        self._generation = _Generation(config)
-        if config.breaker != old.breaker:
-            self.breaker = Breaker(config.breaker)
+        # Build everything first (each constructor validates), then swap: a bad config
+        # raises and changes nothing. Attempts in flight keep the machines they started with.
+        generation = _Generation(config)
+        breaker = Breaker(config.breaker) if config.breaker != old.breaker else self.breaker
         if config.rate_limit != old.rate_limit:
-            self.limiter = Limiter(config.rate_limit)
-            self.admission = Admission(self.limiter)
-        if config.retry != old.retry:
-            self.budget = RetryBudget(config.retry)
+            limiter = Limiter(config.rate_limit)
+            admission = Admission(limiter)
+        else:
+            limiter, admission = self.limiter, self.admission
+        budget = RetryBudget(config.retry) if config.retry != old.retry else self.budget
+        self._generation = generation
+        self.breaker, self.limiter, self.admission, self.budget = (
+            breaker,
+            limiter,
+            admission,
+            budget,
+        )
+        if self._fixed_in_flight is None:
+            self.max_in_flight = config.rate_limit.concurrent_requests or DEFAULT_MAX_IN_FLIGHT
+            if self._slots is not None:
+                self._slots.total_tokens = self.max_in_flight
 
     def force_open(self) -> None:
         """Refuse every request until `force_close` (an operator's command; idempotent)."""
@@ -223,8 +240,8 @@ class Connection:
             self.breaker.force_close(trio.current_time())
             self._drain_transitions()
 
-    def _drain_transitions(self) -> None:
-        for t in self.breaker.drain_transitions():
+    def _drain_transitions(self, breaker: Breaker | None = None) -> None:
+        for t in (breaker or self.breaker).drain_transitions():
             self.metrics.record_transition(t.from_state.value, t.to_state.value)
             log.info(
                 "%s: breaker %s -> %s (%s)",
@@ -245,6 +262,8 @@ class Connection:
         """Seconds until this connection may accept work, or ``None`` if it may now: its
         breaker refuses (``math.inf`` while forced open: only an operator reopens it) or its
         limiter is parked by a 429."""
+        if self.mailbox.closed:
+            return math.inf  # draining for removal or shutdown: takes no new work
         waits: list[float] = []
         snap = self.breaker.snapshot(now)
         if snap.state is BreakerState.FORCED_OPEN:
@@ -320,6 +339,10 @@ class Connection:
             await self.mailbox.put(envelope)
         except (QueueFull, MailboxClosed) as exc:
             return self._rejection(exc, call)
+        except BaseException:
+            # Cancelled at put's final checkpoint: the envelope may already be queued.
+            envelope.abandon()
+            raise
         try:
             return await self._result(envelope)
         except BaseException:
@@ -381,6 +404,9 @@ class Connection:
             await self.mailbox.put(envelope)
         except (QueueFull, MailboxClosed) as exc:
             envelope.resolve(self._rejection(exc, call))
+        except BaseException:
+            envelope.abandon()
+            raise
         handle = ReplyStream(receive, envelope, self)
         try:
             with receive:
@@ -529,12 +555,31 @@ async def _discard(chunks: AsyncIterator[bytes]) -> None:
                 raise
 
 
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(e) for e in exc.exceptions)
-    return False
+class _Held(NamedTuple):
+    """What one attempt borrowed: the breaker and admission it used, its permit and grant."""
+
+    breaker: Breaker
+    admission: Admission
+    permit: Permit
+    grant: Grant
+
+
+def _price(gen: _Generation, answered: str, requested: str) -> Price | None:
+    """The price of an attempt: the model that answered (providers report dated names such
+    as ``gpt-4o-2024-08-06``), else the model that was asked for."""
+    return price_for(gen.config, answered) or price_for(gen.config, requested)
+
+
+class _Ticket:
+    """Who holds one of the actor's in-flight slots (a `trio.CapacityLimiter` borrower)."""
+
+    __slots__ = ()
+
+
+def _describe(exc: BaseException) -> str:
+    leaf = first_error(exc)
+    text = str(leaf).strip()
+    return f"{type(leaf).__name__}: {text[:200]}" if text else type(leaf).__name__
 
 
 class ProviderActor:
@@ -554,28 +599,29 @@ class ProviderActor:
         conn.running = True
         pool = _ClientPool(conn.transport, conn.config.timeouts.connect)
         in_flight = conn._taken
-        slots = trio.Semaphore(conn.max_in_flight)
+        slots = conn._slots = trio.CapacityLimiter(conn.max_in_flight)
         try:
             async with trio.open_nursery() as nursery:
                 task_status.started()
                 while True:
-                    await slots.acquire()
+                    ticket = _Ticket()
+                    await slots.acquire_on_behalf_of(ticket)
                     try:
                         envelope = await conn.mailbox.get()
                     except MailboxClosed:
-                        slots.release()
+                        slots.release_on_behalf_of(ticket)
                         break
                     in_flight.add(envelope)
-                    nursery.start_soon(self._serve, envelope, pool, in_flight, slots)
+                    nursery.start_soon(self._serve, envelope, pool, in_flight, slots, ticket)
         except BaseException as exc:
-            cancelled = _only_cancelled(exc)
+            cancelled = only_cancelled(exc)
             for envelope in in_flight:
                 envelope.resolve(
                     Failure.of(
                         ErrorKind.CANCELLED if cancelled else ErrorKind.CRASHED,
                         f"connection {conn.name!r} was shut down"
                         if cancelled
-                        else f"connection {conn.name!r} crashed: {type(exc).__name__}",
+                        else f"connection {conn.name!r} crashed: {_describe(exc)}",
                         connection=conn.name,
                         model=envelope.request.model,
                         request_id=envelope.request.request.request_id,
@@ -586,6 +632,7 @@ class ProviderActor:
             raise
         finally:
             conn.running = False
+            conn._slots = None
             await pool.aclose()
 
     async def _serve(
@@ -593,17 +640,31 @@ class ProviderActor:
         envelope: ProviderEnvelope,
         pool: _ClientPool,
         in_flight: set[ProviderEnvelope],
-        slots: trio.Semaphore,
+        slots: trio.CapacityLimiter,
+        ticket: _Ticket,
     ) -> None:
         conn = self.connection
         mailbox = conn.mailbox
         if envelope.resolved:  # shed by its caller while queued: already counted
             in_flight.discard(envelope)
-            slots.release()
+            slots.release_on_behalf_of(ticket)
             return
         mailbox.started()
-        conn.metrics.requests += 1
         start = trio.current_time()
+        try:
+            await self._serve_started(envelope, pool, start)
+        finally:
+            # Also when the actor crashes: the mailbox outlives this incarnation.
+            mailbox.finished(trio.current_time() - start)
+        in_flight.discard(envelope)
+        slots.release_on_behalf_of(ticket)
+
+    async def _serve_started(
+        self, envelope: ProviderEnvelope, pool: _ClientPool, start: float
+    ) -> None:
+        conn = self.connection
+        mailbox = conn.mailbox
+        conn.metrics.requests += 1
         call = envelope.request
         if envelope.abandoned:
             result: Reply = self._failure(
@@ -625,9 +686,6 @@ class ProviderActor:
                 result = self._failure(call, ErrorKind.CANCELLED, "the caller went away")
         envelope.resolve(result)
         conn.metrics.record_outcome(result.kind if isinstance(result, Failure) else None)
-        in_flight.discard(envelope)
-        slots.release()
-        mailbox.finished(trio.current_time() - start)
 
     def _failure(self, call: Call, kind: ErrorKind, message: str, **fields: Any) -> Failure:
         return Failure.of(
@@ -651,8 +709,12 @@ class ProviderActor:
         attempt = 0
         while True:
             attempt += 1
+            # The machines this attempt uses, held to its end: an `override` may replace the
+            # connection's breaker or limiter meanwhile, and permits and grants must go back
+            # to the machine that issued them.
+            breaker, admission = conn.breaker, conn.admission
             try:
-                grant = await conn.admission.admit(estimate, deadline=deadline)
+                grant = await admission.admit(estimate, deadline=deadline)
             except AdmissionTimeout as exc:
                 return self._failure(
                     call,
@@ -663,9 +725,9 @@ class ProviderActor:
                     usage=total,
                 )
             now = trio.current_time()
-            permit = conn.breaker.acquire(now)
+            permit = breaker.acquire(now)
             if not isinstance(permit, Permit):
-                conn.admission.cancel(grant)
+                admission.cancel(grant)
                 return self._failure(
                     call,
                     ErrorKind.CIRCUIT_OPEN,
@@ -684,7 +746,8 @@ class ProviderActor:
             try:
                 outcome = await self._attempt(gen, call, envelope, pool, state)
             finally:
-                self._record(gen, call, envelope, permit, grant, state, outcome, attempt, now)
+                held = _Held(breaker, admission, permit, grant)
+                self._record(gen, call, held, state, outcome, attempt, now)
             if state.usage is not None:
                 total = total + state.usage
             if not isinstance(outcome, Failure):
@@ -707,18 +770,18 @@ class ProviderActor:
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="silent target: failing over instead"
                 )
-            breaker = conn.breaker.snapshot(now)
-            if decision.retry and breaker.state in _REFUSING:
+            snap = breaker.snapshot(now)
+            if decision.retry and snap.state in _REFUSING:
                 # This failure (or an earlier one) opened the breaker: sleeping through the
                 # backoff would only end in circuit_open. Give up now with the real cause, and
                 # say when the breaker will let a call through again.
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="the circuit breaker opened"
                 )
-                if breaker.open_until is not None:
+                if snap.open_until is not None:
                     outcome = msgspec.structs.replace(
                         outcome,
-                        retry_after=max(outcome.retry_after or 0.0, breaker.open_until - now),
+                        retry_after=max(outcome.retry_after or 0.0, snap.open_until - now),
                     )
             if decision.retry and not conn.budget.try_retry(now):
                 decision = msgspec.structs.replace(
@@ -750,8 +813,7 @@ class ProviderActor:
         conn = self.connection
         latency = now - envelope.enqueued_at
         model = outcome.model or call.model
-        price = price_for(gen.config, model) or price_for(gen.config, call.model)
-        cost = cost_of(outcome.usage, price)
+        cost = cost_of(outcome.usage, _price(gen, model, call.model))
         conn.metrics.latency.observe(latency)
         if isinstance(outcome, Embeddings):
             return msgspec.structs.replace(
@@ -782,9 +844,7 @@ class ProviderActor:
         self,
         gen: _Generation,
         call: Call,
-        envelope: ProviderEnvelope,
-        permit: Permit,
-        grant: Grant,
+        held: _Held,
         state: _Attempt,
         outcome: Reply | None,
         attempt: int,
@@ -793,34 +853,38 @@ class ProviderActor:
         """Record one attempt in breaker, limiter, metrics and log. Synchronous: runs in a
         ``finally`` and so completes even when the attempt was cancelled."""
         conn = self.connection
+        breaker, admission, permit, grant = held
         now = trio.current_time()
         duration = now - started
         if outcome is None:
-            conn.breaker.release(permit, now)
+            breaker.release(permit, now)
         elif isinstance(outcome, Failure):
-            conn.breaker.record_failure(permit, now, duration, outcome.kind)
-            if outcome.kind is ErrorKind.RATE_LIMITED:
-                delay = outcome.retry_after
-                conn.admission.park(now + (delay if delay is not None else 1.0))
+            breaker.record_failure(permit, now, duration, outcome.kind)
+            if parks_limiter(outcome.kind):
+                # Park until the provider's reset, but never longer than the retry policy
+                # would wait: a bogus `retry-after: 864000` must not park us for days.
+                cap = gen.config.retry.max_retry_after_s
+                delay = outcome.retry_after if outcome.retry_after is not None else 1.0
+                admission.park(now + min(delay, cap))
             if state.usage is None and outcome.usage is not None:
                 state.usage = outcome.usage
         else:
-            conn.breaker.record_success(permit, now, duration)
-        conn._drain_transitions()
+            breaker.record_success(permit, now, duration)
+        conn._drain_transitions(breaker)
         if state.rate is not None and not state.rate.empty:
-            conn.admission.observe(state.rate)
+            admission.observe(state.rate)
         usage = state.usage
         if state.sent:
-            conn.admission.finish(grant, usage.total_tokens if usage is not None else None)
+            admission.finish(grant, usage.total_tokens if usage is not None else None)
         else:
-            conn.admission.cancel(grant)
+            admission.cancel(grant)
         if usage is not None:
             model = outcome.model if isinstance(outcome, Completion | Embeddings) else ""
             model = model or call.model
             conn.metrics.record_usage(
                 model,
                 usage,
-                cost=cost_of(usage, price_for(gen.config, model)),
+                cost=cost_of(usage, _price(gen, model, call.model)),
                 wasted=not isinstance(outcome, Completion | Embeddings),
             )
         if log.isEnabledFor(logging.INFO):
@@ -948,9 +1012,20 @@ class ProviderActor:
         started = trio.current_time()
         head = False
         try:
-            request = client.build_request(
-                http.method, http.url, headers=http.headers, content=http.body
-            )
+            try:
+                request = client.build_request(
+                    http.method, http.url, headers=http.headers, content=http.body
+                )
+            except (UnicodeError, ValueError, TypeError) as exc:
+                # A header or key httpx cannot put on the wire (non-ASCII, a newline...). The
+                # message names the kind of problem, never the value: it may be the key.
+                return self._failure(
+                    call,
+                    ErrorKind.CONFIG,
+                    f"cannot build the HTTP request for {gen.config.name!r} "
+                    f"({type(exc).__name__}): check api_key, headers and base_url for "
+                    "non-ASCII characters or line breaks",
+                )
             state.sent = True
             at, what = self._limit(gen, envelope, started, state)
             with trio.move_on_at(at) as scope:

@@ -64,6 +64,7 @@ from protocol._messages import (
     TextDelta,
 )
 
+from ._groups import unwrapping
 from ._provider import Call, Connection
 
 DEFAULT_ROUTE = RouteConfig(targets=[])
@@ -126,6 +127,8 @@ class Router:
         self.routes = routes
         self.rng = rng or random.Random()
         self.failovers = 0
+        self.closed = False
+        """Set by the runtime when it shuts down: every new request fails ``cancelled``."""
 
     # -- resolution ---------------------------------------------------------------------
 
@@ -226,6 +229,34 @@ class Router:
             budget = self.connections[targets[0].connection].config.timeout if targets else 60.0
         return trio.current_time() + max(budget, 0.0)
 
+    def _refuse(self, request: ChatRequest | EmbedRequest) -> Failure | None:
+        """A failure for a request that must not be routed at all, else ``None``."""
+        if self.closed:
+            return Failure.of(
+                ErrorKind.CANCELLED,
+                "the runtime is shut down",
+                model=request.model,
+                request_id=request.request_id,
+            )
+        timeout = request.timeout
+        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
+            return Failure.of(
+                ErrorKind.BAD_REQUEST,
+                f"timeout must be a finite number of seconds >= 0, got {timeout!r}",
+                model=request.model,
+                request_id=request.request_id,
+            )
+        return None
+
+    def _out_of_time(self, request: ChatRequest | EmbedRequest, attempts: int) -> Failure:
+        return Failure.of(
+            ErrorKind.DEADLINE,
+            "the request's deadline passed before a target could be tried",
+            model=request.model,
+            request_id=request.request_id,
+            attempts=attempts,
+        )
+
     def _no_target(self, request: ChatRequest | EmbedRequest) -> Failure:
         known = sorted(
             set(self.routes) | {m for c in self.connections.values() for m in c.config.models}
@@ -264,6 +295,9 @@ class Router:
         return result
 
     async def _call(self, request: ChatRequest | EmbedRequest) -> Completion | Embeddings | Failure:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         route, targets = self._plan(request)
         if not targets:
             return self._no_target(request)
@@ -308,6 +342,8 @@ class Router:
                 break
             self.failovers += 1
         if last is None:
+            if trio.current_time() >= deadline:
+                return self._out_of_time(request, attempts)
             return self._all_unavailable(request, waits, attempts)
         return self._final_failure(request, last, waits, attempts, deadline)
 
@@ -355,7 +391,7 @@ class Router:
         ev in s: ...``; then ``s.result``. Leaving early cancels the upstream request."""
         send, receive = trio.open_memory_channel[StreamEvent](0)
         handle = RouterStream(receive)
-        async with trio.open_nursery() as nursery:
+        async with unwrapping(), trio.open_nursery() as nursery:
             nursery.start_soon(self._drive, request, send, handle)
             try:
                 with receive:
@@ -403,6 +439,9 @@ class Router:
           prefill rejection) falls back to ``restart`` on that same target, so the
           rejection is never the caller's final error.
         """
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
         route, targets = self._plan(request)
         if not targets:
             return self._no_target(request)
@@ -519,6 +558,8 @@ class Router:
                 prefix = ""
                 current = request
         if last is None:
+            if trio.current_time() >= deadline:
+                return self._out_of_time(request, attempts)
             return self._all_unavailable(request, waits, attempts)
         return self._final_failure(request, last, waits, attempts, deadline)
 

@@ -230,6 +230,11 @@ def dumps_config(config: RuntimeConfig) -> bytes:
     return msgspec.json.encode(config, enc_hook=secret_enc_hook)
 
 
+def _wire_safe(value: str) -> bool:
+    """True when *value* can go in an HTTP header as is: printable ASCII and spaces/tabs."""
+    return value.isascii() and all(c == "\t" or " " <= c <= "~" for c in value)
+
+
 # --------------------------------------------------------------------------- TOML errors
 
 _AT_LINE = re.compile(r"\s*\(at line (\d+), column (\d+)\)\s*$")
@@ -663,12 +668,24 @@ class _Loader:
                 f"{path}.breaker.open_s",
                 f"expected at most max_open_s ({breaker.max_open_s}), got {breaker.open_s}",
             )
-        for header in conn.headers:
+        for header, value in conn.headers.items():
             if not _HEADER_NAME.match(header):
                 self.problem(
                     _join(_join(path, "headers"), header),
                     "expected an HTTP header name (letters, digits and !#$%&'*+-.^_`|~)",
                 )
+            elif not _wire_safe(value):
+                self.problem(
+                    _join(_join(path, "headers"), header),
+                    "expected printable ASCII (no line breaks or non-ASCII characters)",
+                )
+        if conn.api_key is not None and not _wire_safe(conn.api_key.reveal()):
+            # Never echo the value: it is a secret.
+            self.problem(
+                f"{path}.api_key",
+                "expected printable ASCII (the key has a line break or a non-ASCII character; "
+                "check for a stray newline or a copy-paste artefact)",
+            )
         for alias, model in conn.models.items():
             if not model:
                 self.problem(_join(_join(path, "models"), alias), "expected a model name")

@@ -46,6 +46,7 @@ import httpx
 import msgspec
 import trio
 
+from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
 from actors._metrics import ConnectionMetricsSnapshot, prometheus_text
 from actors._provider import Connection, ConnectionStatistics, ProviderActor
@@ -255,6 +256,7 @@ class Runtime:
         """Drain and stop: close every mailbox, let actors finish their work up to
         ``runtime.shutdown_timeout_s``, then cancel what remains."""
         self._closing = True
+        self.router.closed = True
         if self.gateway is not None:
             # Tell remote clients first: no new requests, running ones may finish.
             await self.gateway.shutdown(self.config.runtime.shutdown_timeout_s)
@@ -331,8 +333,12 @@ class Runtime:
         use the new settings; in-flight ones finish with the old. Raises `ConfigError` naming
         the bad key."""
         conn = self.connection(name)
-        new = _apply_changes(conn.config, changes, f"override_connection({name!r})")
-        conn.override(new)
+        source = f"override_connection({name!r})"
+        new = _apply_changes(conn.config, changes, source)
+        try:
+            conn.override(new)
+        except ValueError as exc:  # a cross-field rule a machine checks (nothing was changed)
+            raise ConfigError(source, [("", str(exc))]) from None
         return new
 
     async def add_connection(
@@ -544,7 +550,7 @@ async def open_runtime(
     """
     runtime: Runtime | None = None
     try:
-        async with trio.open_nursery() as nursery:
+        async with unwrapping(), trio.open_nursery() as nursery:
             runtime = await start_runtime(
                 config, nursery, transports=transports, transport=transport, rng=rng
             )

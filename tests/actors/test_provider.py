@@ -563,3 +563,30 @@ async def test_breaker_commands_are_idempotent(autojump_clock: trio.testing.Mock
         "closed->forced_open": 1,
         "forced_open->closed": 1,
     }
+
+
+async def test_a_key_httpx_cannot_send_is_a_config_failure_not_a_crash(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from protocol._config import Secret
+
+    config = ConnectionConfig(
+        name="c", provider="openai", base_url="http://fake/v1", api_key=Secret("sk-caf\u00e9-xyz")
+    )
+    transport = FakeTransport()
+    conn = Connection(config, transport=transport)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ProviderActor(conn).run)
+        for _ in range(5):
+            result = await conn.chat(
+                ChatRequest(model="m", messages=[Message(role="user", content="x")])
+            )
+            assert isinstance(result, Failure)
+            assert result.kind is ErrorKind.CONFIG
+            assert "caf" not in result.message
+            assert result.attempts == 1
+        assert conn.incarnation == 1
+        assert conn.running
+        assert transport.attempts == []
+        assert conn.breaker.state.value == "closed"
+        conn.mailbox.close()

@@ -870,3 +870,15 @@ def test_example_values() -> None:
 def test_example_connection_is_a_connection_config() -> None:
     conn = load_config(EXAMPLE, env={}).connections["openai"]
     assert isinstance(conn, ConnectionConfig)
+
+
+def test_keys_and_headers_must_be_wire_safe_and_the_key_is_not_echoed() -> None:
+    text = (
+        "[connections.c]\nprovider = 'openai'\napi_key = 'sk-caf\u00e9-secret'\n"
+        "headers = { 'X-Note' = \"a\\nb\", 'X-Ok' = 'fine value' }\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        loads_config(text)
+    keys = {key for key, _ in info.value.problems}
+    assert keys == {"connections.c.api_key", "connections.c.headers.X-Note"}
+    assert "secret" not in str(info.value)
