@@ -26,7 +26,7 @@ Every client is created and warmed up (connections open) before measuring. Round
 the clients so a disturbance on the machine hurts them alike; the best round is kept. The
 per-chunk marginal cost is ``(cost of a 100-chunk stream - cost of a 20-chunk stream) / 80``.
 
-Run: ``python bench/overhead.py`` (about 1-2 minutes on 2 cores; ``--quick`` for a rough
+Run: ``python bench/overhead.py`` (about 2 minutes on 2 idle cores; ``--quick`` for a rough
 look; ``--profile stream100`` to cProfile the actor path). The last line printed is a JSON
 object for scripts, with ``request_ratio`` and ``chunk_ratio`` the worst case over the
 configurations.
@@ -66,12 +66,12 @@ MAX_TOKENS = 256
 
 # Requests per measurement: (shape, concurrency) -> count, full run. --quick divides by 4.
 COUNTS = {
-    (0, 1): 600,
-    (0, 32): 1280,
-    (20, 1): 240,
-    (20, 32): 640,
-    (100, 1): 80,
-    (100, 32): 320,
+    (0, 1): 400,
+    (0, 32): 960,
+    (20, 1): 160,
+    (20, 32): 480,
+    (100, 1): 60,
+    (100, 32): 192,
 }
 ROUNDS = 3
 
