@@ -145,7 +145,7 @@ _SSL: ssl.SSLContext | None = None
 def _ssl_context() -> ssl.SSLContext:
     global _SSL
     if _SSL is None:
-        _SSL = ssl.create_default_context()
+        _SSL = httpx.create_ssl_context()  # certifi's CAs (and SSL_CERT_FILE), as httpx does
     return _SSL
 
 
@@ -494,11 +494,13 @@ class _ClientPool:
         if self._transport is not None:
             client = httpx.AsyncClient(transport=self._transport, timeout=self._timeout)
         else:
-            transport = httpx.AsyncHTTPTransport(
+            # No explicit transport: httpx then honours HTTP(S)_PROXY / NO_PROXY like a plain
+            # client would; one shared certifi SSL context keeps creating clients cheap.
+            client = httpx.AsyncClient(
                 verify=_ssl_context(),
                 limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+                timeout=self._timeout,
             )
-            client = httpx.AsyncClient(transport=transport, timeout=self._timeout)
         self._all.append(client)
         return client
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-from ._errors import ErrorKind
+from ._errors import DEFAULT_FAILOVER_ON, DEFAULT_RETRY_ON, ErrorKind
 
 ProviderName = Literal["openai", "anthropic", "gemini", "ollama"]
 """The wire dialects. Every OpenAI-compatible server (Groq, OpenRouter, DeepSeek, vLLM, TGI,
@@ -114,15 +114,7 @@ class RetryConfig(_Conf, frozen=True, kw_only=True):
     initial_delay_ms: NonNegativeInt = 500
     max_delay_ms: NonNegativeInt = 8000
     jitter: Fraction = 0.25
-    retry_on: tuple[ErrorKind, ...] = (
-        ErrorKind.RATE_LIMITED,
-        ErrorKind.OVERLOADED,
-        ErrorKind.SERVER_ERROR,
-        ErrorKind.TIMEOUT,
-        ErrorKind.CONNECTION,
-        ErrorKind.STREAM_INTERRUPTED,
-        ErrorKind.PROTOCOL,
-    )
+    retry_on: tuple[ErrorKind, ...] = DEFAULT_RETRY_ON
     max_retry_after_s: NonNegativeFloat = 60.0
     budget_ratio: NonNegativeFloat = 0.2
     budget_window_s: PositiveFloat = 10.0
@@ -253,20 +245,7 @@ class RouteConfig(_Conf, frozen=True, kw_only=True):
 
     targets: list[Target]
     strategy: RouteStrategy = "priority"
-    failover_on: tuple[ErrorKind, ...] = (
-        ErrorKind.RATE_LIMITED,
-        ErrorKind.OVERLOADED,
-        ErrorKind.SERVER_ERROR,
-        ErrorKind.TIMEOUT,
-        ErrorKind.CONNECTION,
-        ErrorKind.STREAM_INTERRUPTED,
-        ErrorKind.PROTOCOL,
-        ErrorKind.CIRCUIT_OPEN,
-        ErrorKind.QUEUE_FULL,
-        ErrorKind.CRASHED,
-        ErrorKind.NOT_FOUND,
-        ErrorKind.UNSUPPORTED,
-    )
+    failover_on: tuple[ErrorKind, ...] = DEFAULT_FAILOVER_ON
     context_fallback: str | None = None
     mid_stream: MidStreamPolicy = "fail"
     hedge_after_s: PositiveFloat | Literal["auto"] | None = None

@@ -73,7 +73,9 @@ class KindPolicy(NamedTuple):
     parks_limiter: bool
     """Parks the connection's rate limiter until the provider's reset."""
     failover: bool
-    """Routed to the next target by default (after the connection's own retries)."""
+    """Routed to the next target by default (after the connection's own retries).
+    ``context_length`` is not: another target of the same route has the same context; it goes
+    to the route's ``context_fallback`` instead."""
     from_provider: bool
     """Reported by the provider (or its transport), as opposed to produced by the runtime."""
 
@@ -94,7 +96,7 @@ POLICIES: dict[ErrorKind, KindPolicy] = {
     K.PERMISSION:         _P("never",               False, False, False, True),
     K.BAD_REQUEST:        _P("never",               False, False, False, True),
     K.NOT_FOUND:          _P("never",               False, False, True,  True),
-    K.CONTEXT_LENGTH:     _P("never",               False, False, True,  True),
+    K.CONTEXT_LENGTH:     _P("never",               False, False, False, True),
     K.CONTENT_FILTER:     _P("never",               False, False, False, True),
     K.UNSUPPORTED:        _P("never",               False, False, True,  True),
     K.CIRCUIT_OPEN:       _P("never",               False, False, True,  False),
@@ -106,6 +108,16 @@ POLICIES: dict[ErrorKind, KindPolicy] = {
 }  # fmt: skip
 
 del _P, K
+
+DEFAULT_RETRY_ON: tuple[ErrorKind, ...] = tuple(
+    kind for kind, row in POLICIES.items() if row.retry != "never"
+)
+"""The kinds a connection retries unless configured otherwise: those the table allows."""
+
+DEFAULT_FAILOVER_ON: tuple[ErrorKind, ...] = tuple(
+    kind for kind, row in POLICIES.items() if row.failover
+)
+"""The kinds a route fails over on unless configured otherwise: the table's failover column."""
 
 
 def policy(kind: ErrorKind) -> KindPolicy:

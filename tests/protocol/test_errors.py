@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from protocol._config import RetryConfig, RouteConfig
 from protocol._errors import (
+    DEFAULT_FAILOVER_ON,
+    DEFAULT_RETRY_ON,
     POLICIES,
     ConfigError,
     ErrorKind,
@@ -96,10 +99,20 @@ def test_caller_mistakes_are_never_retried_nor_counted(kind: ErrorKind) -> None:
     assert not row.parks_limiter
 
 
-def test_context_length_may_route_to_a_larger_model() -> None:
-    assert policy(K.CONTEXT_LENGTH).failover
+def test_context_length_goes_to_a_larger_model_not_the_next_target() -> None:
+    # Another target of the same route has the same context window: context_length is not
+    # failed over generically; routes send it to their `context_fallback` instead.
+    assert not policy(K.CONTEXT_LENGTH).failover
+    assert K.CONTEXT_LENGTH not in DEFAULT_FAILOVER_ON
     assert not policy(K.BAD_REQUEST).failover
     assert not policy(K.CONTENT_FILTER).failover
+
+
+def test_config_defaults_are_derived_from_the_table() -> None:
+    assert set(DEFAULT_RETRY_ON) == {k for k in K if is_retryable(k)}
+    assert set(DEFAULT_FAILOVER_ON) == {k for k in K if policy(k).failover}
+    assert RetryConfig().retry_on == DEFAULT_RETRY_ON
+    assert RouteConfig(targets=[]).failover_on == DEFAULT_FAILOVER_ON
 
 
 def test_only_rate_limited_parks_the_limiter() -> None:
