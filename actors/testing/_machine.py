@@ -800,6 +800,8 @@ class SwitchboardMachine(RuleBasedStateMachine):
     - ``overrides``: the settings `Override` may hot swap (``rt.override_connection``
       keyword arguments; default: a few retry and timeout changes);
     - ``timeouts``: request timeouts to draw from; ``slack`` and ``default_timeout``;
+    - ``streams``: ``None`` sends both kinds of request, ``True`` only streams, ``False``
+      only plain chat calls;
     - ``exact_accounting``, ``healthy_within``: see the module header;
     - `make_transport` (the fake per connection) and `build_request` (the request sent).
 
@@ -819,6 +821,7 @@ class SwitchboardMachine(RuleBasedStateMachine):
         {"timeout": 3.0},
     )
     timeouts: ClassVar[Sequence[float]] = (5.0, 2.0, 10.0, 0.5)
+    streams: ClassVar[bool | None] = None
     slack: ClassVar[float] = 0.5
     default_timeout: ClassVar[float] = 60.0
     exact_accounting: ClassVar[bool] = True
@@ -972,7 +975,7 @@ def make_machine(
 ) -> type[SwitchboardMachine]:
     """A `SwitchboardMachine` subclass for *config*, driven through *open_runtime*
     (`supervisors.open_runtime`). *options* set any other class attribute (``models``,
-    ``faults``, ``overrides``, ``timeouts``, ``slack``, ``default_timeout``,
+    ``faults``, ``overrides``, ``timeouts``, ``streams``, ``slack``, ``default_timeout``,
     ``exact_accounting``, ``healthy_within``, ``seed``) or override a hook
     (``make_transport``, ``build_request``, ``fault_plans``, ...)::
 
@@ -1006,7 +1009,7 @@ def _install_rules(cls: type[SwitchboardMachine]) -> None:
     rules = {
         "send": rule(
             model=st.deferred(lambda: cls.model_names()),
-            stream=st.booleans(),
+            stream=st.booleans() if cls.streams is None else st.just(cls.streams),
             timeout=st.deferred(lambda: cls.request_timeouts()),
         )(send),
         "set_plan": rule(connection=connections, plan=st.deferred(lambda: cls.fault_plans()))(
