@@ -452,15 +452,32 @@ class ReplyStream:
         return self
 
     async def __anext__(self) -> StreamEvent:
-        while True:
+        events = self._events
+        if self._guard != math.inf:
+            # Until the first event, the request may still be queued: shed it at its deadline.
             with trio.move_on_at(self._guard):
                 try:
-                    return await self._events.receive()
+                    event = await events.receive()
                 except (trio.EndOfChannel, trio.ClosedResourceError):
                     raise StopAsyncIteration from None
+                # An event came, so an actor has the request: its own limits apply now.
+                self._guard = math.inf
+                return event
             self._guard = math.inf
             if self._connection is not None:
                 self._connection._expire(self._envelope)
+        # The hot path: an event already buffered costs no scheduling round trip (the buffer
+        # is bounded, so a consumer yields at least every `STREAM_BUFFER` events).
+        try:
+            return events.receive_nowait()
+        except trio.WouldBlock:
+            pass
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        try:
+            return await events.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
 
     async def wait(self) -> Completion | Failure:
         """The terminal result (waits for it if the stream is still running)."""
@@ -1039,18 +1056,26 @@ class ProviderActor:
             chunks = response.aiter_bytes()
             try:
                 state.status = response.status_code
+                # A plain dict: each lookup in httpx.Headers scans every header.
                 state.rate = parse_rate_limit_headers(
-                    response.headers, now=self.connection.wall_clock()
+                    dict(response.headers.items()), now=self.connection.wall_clock()
                 )
                 if response.status_code >= 300 or not streaming:
                     parts: list[bytes] = []
-                    while True:
-                        chunk = await self._read(gen, envelope, chunks, state, started)
-                        if isinstance(chunk, str):
-                            return self._timeout_failure(gen, call, chunk, state)
-                        if chunk is None:
-                            break
-                        parts.append(chunk)
+                    what = "deadline"
+                    # One cancel scope for the whole body; its deadline follows the limits.
+                    with trio.CancelScope() as body_scope:
+                        while True:
+                            at, what = self._limit(gen, envelope, started, state)
+                            if body_scope.deadline != at:
+                                body_scope.deadline = at
+                            chunk = await anext(chunks, None)
+                            if chunk is None:
+                                break
+                            state.body_started = True
+                            parts.append(chunk)
+                    if body_scope.cancelled_caught:
+                        return self._timeout_failure(gen, call, what, state)
                     body = b"".join(parts)
                     if response.status_code >= 300:
                         return dialect.classify_error(
@@ -1090,49 +1115,71 @@ class ProviderActor:
         state: _Attempt,
         started: float,
     ) -> Completion | Failure:
-        """Decode a streamed body and relay its events to the caller as they arrive."""
+        """Decode a streamed body and relay its events to the caller as they arrive.
+
+        One cancel scope covers the whole body; before each read its deadline is moved to the
+        limit in force (first token, stall, deadline). Events go out with ``send_nowait``;
+        only a full channel (a slow caller) costs an awaited send, bounded by the deadline.
+        """
         assert envelope.stream is not None
         send = envelope.stream
         decoder = gen.dialect.stream_decoder()
         acc = StreamAccumulator()
-        while True:
-            chunk = await self._read(gen, envelope, chunks, state, started)
-            if isinstance(chunk, str):
-                return self._timeout_failure(gen, call, chunk, state)
-            items = decoder.close() if chunk is None else decoder.feed(chunk)
-            for item in items:
-                acc.add(item)
-                if isinstance(item, Failure):
-                    state.usage = item.usage if item.usage is not None else state.usage
-                    return item
-                if isinstance(item, UsageUpdate):
-                    state.usage = item.usage
-                    if not state.emitted:
-                        continue
-                elif isinstance(item, Finished):
-                    state.usage = item.usage
-                else:
-                    if state.first_token_at is None:
-                        state.first_token_at = trio.current_time()
-                    state.emitted = True
-                # A caller that stops reading but keeps the stream open gets backpressure,
-                # bounded by its deadline: it cannot hold this attempt (and its limiter slot)
-                # forever.
-                with trio.move_on_at(envelope.deadline) as send_scope:
+        result: Completion | Failure | None = None
+        what = "deadline"
+        with trio.CancelScope() as scope:
+            while result is None:
+                at, what = self._limit(gen, envelope, started, state)
+                if scope.deadline != at:
+                    scope.deadline = at
+                chunk = await anext(chunks, None)
+                if chunk is not None:
+                    state.body_started = True
+                items = decoder.close() if chunk is None else decoder.feed(chunk)
+                for item in items:
+                    acc.add(item)
+                    if isinstance(item, Failure):
+                        state.usage = item.usage if item.usage is not None else state.usage
+                        return item
+                    if isinstance(item, UsageUpdate):
+                        state.usage = item.usage
+                        if not state.emitted:
+                            continue
+                    elif isinstance(item, Finished):
+                        state.usage = item.usage
+                    else:
+                        if state.first_token_at is None:
+                            state.first_token_at = trio.current_time()
+                        state.emitted = True
                     try:
-                        await send.send(item)
+                        send.send_nowait(item)
+                    except trio.WouldBlock:
+                        # A caller that stops reading but keeps the stream open gets
+                        # backpressure, bounded by its deadline: it cannot hold this attempt
+                        # (and its limiter slot) forever.
+                        scope.deadline, what = envelope.deadline, "deadline"
+                        try:
+                            await send.send(item)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            envelope.abandon()
+                            await trio.lowlevel.checkpoint()
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         envelope.abandon()
                         await trio.lowlevel.checkpoint()
-                if send_scope.cancelled_caught:
-                    return self._timeout_failure(gen, call, "deadline", state)
-                if isinstance(item, Finished):
-                    await self._drain(gen, envelope, chunks, state, started)
-                    return acc.completion()
-            if chunk is None or decoder.done:
-                # A decoder that ended without a terminal item is a decoder bug; be safe.
-                message = "stream ended without a result"
-                return self._failure(call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage)
+                    if isinstance(item, Finished):
+                        result = acc.completion()
+                        break
+                else:
+                    if chunk is None or decoder.done:
+                        # A decoder that ended without a terminal item is a decoder bug.
+                        message = "stream ended without a result"
+                        return self._failure(
+                            call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage
+                        )
+        if result is None:
+            return self._timeout_failure(gen, call, what, state)
+        await self._drain(gen, envelope, chunks, state, started)
+        return result
 
     async def _drain(
         self,
