@@ -128,17 +128,22 @@ from ._transport import FakeTransport
 
 __all__ = [
     "DEFAULT_CONFIG",
+    "DEFAULT_FAULTS",
     "Cancel",
     "MachineViolation",
     "Op",
+    "OpenRuntime",
     "Override",
     "RequestLog",
     "RunLog",
     "Send",
     "SetPlan",
     "SwitchboardMachine",
+    "SystemUnderTest",
     "check_run",
+    "default_transport",
     "make_machine",
+    "mark",
     "run_program",
 ]
 
