@@ -25,8 +25,11 @@ unchanged, not wrapped in an exception group.
 from __future__ import annotations
 
 import itertools
+import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
+from typing import NamedTuple
 
 import trio
 import trio_websocket as tw
@@ -125,6 +128,45 @@ def translate_error(exc: BaseException, url: str) -> GatewayError | None:
     return None
 
 
+def _translated(exc: Exception, url: str) -> Exception:
+    return translate_error(exc, url) or exc
+
+
+class _Target(NamedTuple):
+    host: str
+    port: int
+    resource: str
+    tls: bool
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port in (80, 443) else f"{host}:{self.port}"
+
+    async def open(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        if self.tls:
+            context = ssl.create_default_context()
+            return await trio.open_ssl_over_tcp_stream(
+                self.host, self.port, ssl_context=context, https_compatible=True
+            )
+        return await trio.open_tcp_stream(self.host, self.port)
+
+
+def _parse_url(url: str) -> _Target:
+    """Host, port, resource and TLS of a ``ws://`` or ``wss://`` URL; `GatewayError` for
+    anything else."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if parts.scheme not in ("ws", "wss") or not parts.hostname or port == -1:
+        raise GatewayError(f"not a gateway URL: {url!r}; expected ws://host:port")
+    tls = parts.scheme == "wss"
+    resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return _Target(parts.hostname, port or (443 if tls else 80), resource, tls)
+
+
 _Item = StreamEvent | Completion | Embeddings | Failure | StatusReply | Pong
 
 
@@ -138,19 +180,25 @@ class ClientStream:
         self._lost = lost
         self._result: Completion | Failure | None = None
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._iterate()
+    def __aiter__(self) -> ClientStream:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[StreamEvent]:
-        async for item in self._receive:
+    async def __anext__(self) -> StreamEvent:
+        # A plain iterator, not an async generator: breaking out of ``async for`` leaves
+        # nothing to finalize.
+        while self._result is None:
+            try:
+                item = await self._receive.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                # The channel ended without a terminal item: the connection was lost.
+                self._result = self._lost()
+                break
             if isinstance(item, Completion | Failure):
                 self._result = item
-                return
-            if isinstance(item, Embeddings | StatusReply | Pong):
-                continue
-            yield item
-        # The channel ended without a terminal item: the connection was lost.
-        self._result = self._lost()
+                break
+            if not isinstance(item, Embeddings | StatusReply | Pong):
+                return item
+        raise StopAsyncIteration
 
     @property
     def result(self) -> Completion | Failure:
@@ -195,53 +243,63 @@ class Client:
         connect_timeout: float = 10.0,
         max_frame_bytes: int = 16 * 1024 * 1024,
     ) -> AsyncIterator[Client]:
-        """Connect to the gateway at *url* (``ws://host:port``), authenticate with *token*,
-        and yield a `Client`. Raises `GatewayError` with advice when that fails; exceptions
-        raised by the code inside the block propagate unchanged."""
+        """Connect to the gateway at *url* (``ws://host:port`` or ``wss://...``),
+        authenticate with *token*, and yield a `Client`. Raises `GatewayError` with advice
+        when that fails; exceptions raised by the code inside the block propagate unchanged.
+
+        The client owns its TCP stream and closes it on the way out (trio-websocket leaves
+        it open when the server closed the WebSocket first)."""
+        target = _parse_url(url)
         subprotocol = SUBPROTOCOL_MSGPACK if encoding == "msgpack" else SUBPROTOCOL_JSON
         headers = [(b"authorization", f"Bearer {token}".encode())] if token else []
+        try:
+            with trio.fail_after(connect_timeout):
+                stream = await target.open()
+        except (OSError, trio.TooSlowError) as exc:
+            raise _translated(exc, url) from None
         body_error: BaseException | None = None
         try:
-            async with tw.open_websocket_url(
-                url,
-                subprotocols=[subprotocol],
-                extra_headers=headers,
-                connect_timeout=connect_timeout,
-                disconnect_timeout=connect_timeout,
-                max_message_size=max_frame_bytes,
-            ) as ws:
+            async with trio.open_nursery() as nursery:
                 with trio.fail_after(connect_timeout):
-                    hello = Hello(token=token, client="python")
-                    await ws.send_message(encode_frame(hello, encoding))
+                    ws = await tw.wrap_client_stream(
+                        nursery,
+                        stream,
+                        target.host_header,
+                        target.resource,
+                        subprotocols=[subprotocol],
+                        extra_headers=headers,
+                        max_message_size=max_frame_bytes,
+                    )
+                    await ws.send_message(
+                        encode_frame(Hello(token=token, client="python"), encoding)
+                    )
                     first = decode_server_frame(await ws.get_message())
                 if not isinstance(first, Welcome):
                     raise GatewayError(f"expected a welcome frame, got {type(first).__name__}")
                 client = cls(ws, encoding, first)
+                nursery.start_soon(client._reader)
                 try:
-                    async with trio.open_nursery() as nursery:
-                        nursery.start_soon(client._reader)
-                        try:
-                            yield client
-                        except BaseException as exc:
-                            body_error = exc
-                            raise
-                        finally:
-                            nursery.cancel_scope.cancel()
-                except BaseExceptionGroup as group:  # the reader never raises: unwrap
-                    if len(group.exceptions) == 1:
-                        raise group.exceptions[0] from None
+                    yield client
+                except BaseException as exc:
+                    body_error = exc
                     raise
-        except GatewayError:
-            raise
-        except Exception as exc:
-            if exc is body_error:
+                finally:
+                    if not isinstance(body_error, trio.Cancelled):
+                        # The close handshake (nothing when already closed). When cancelled,
+                        # our reader task is gone too and no reply could be read: skip it.
+                        with trio.CancelScope(shield=True), trio.move_on_after(connect_timeout):
+                            await ws.aclose()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
                 raise
-            if body_error is None and isinstance(exc, tw.DisconnectionTimeout):
-                return  # the block's work is done; only the closing handshake was slow
-            error = translate_error(exc, url)
-            if error is None:
-                raise
-            raise error from None
+            only: BaseException = group.exceptions[0]
+            if only is body_error or not isinstance(only, Exception):
+                raise only from None
+            raise _translated(only, url) from None
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -347,8 +405,12 @@ class Client:
             with receive:
                 yield handle
         finally:
-            if handle._result is None and rid in self._pending:
-                await self._cancel_quietly(rid)
+            if handle._result is None:
+                if rid in self._pending:
+                    await self._cancel_quietly(rid)
+                handle._result = Failure.of(
+                    ErrorKind.CANCELLED, "the caller left the stream", request_id=rid
+                )
 
     async def _one(self, rid: str, frame: ChatCall | EmbedCall | StatusCall | Ping) -> _Item:
         receive = self._open(rid)

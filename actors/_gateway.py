@@ -49,6 +49,7 @@ from __future__ import annotations
 import logging
 import math
 from contextlib import AbstractAsyncContextManager, suppress
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -121,6 +122,13 @@ class GatewayBackend(Protocol):
     def status_report(self) -> tuple[str, list[ConnectionStatus]]: ...
 
 
+def _peer(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername())
+    except OSError:
+        return "?"
+
+
 class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
     sessions: int
     peak_sessions: int
@@ -130,6 +138,14 @@ class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
     in_flight: int
     malformed_frames: int
     slow_closed: int
+
+
+_CLOSE_GRACE = 2.0
+"""Seconds the close handshake may take before the TCP stream is simply closed."""
+
+_WRITE_LIMIT_FACTOR = 2.0
+"""A write blocked for this many slow-client timeouts (plus the grace) is cancelled even in
+the middle of a frame - only if the watchdog and the closers failed to end it first."""
 
 
 class _Closed(Exception):
@@ -157,6 +173,8 @@ class _Session:
         self.sending_since: float | None = None
         self.welcomed = False
         self.closed = False
+        self._close_started = False
+        self._close_done = trio.Event()
         self.name = f"{ws.remote}"
 
     async def send(self, frame: ServerFrame) -> None:
@@ -167,48 +185,72 @@ class _Session:
         async with self.send_lock:
             if self.closed:
                 raise _Closed
-            self.sending_since = trio.current_time()
+            since = self.sending_since = trio.current_time()
             try:
-                with trio.CancelScope(shield=True):
+                with trio.CancelScope(shield=True) as shield:
+                    # Last resort, should the watchdog and the closers all be gone.
+                    shield.deadline = since + _WRITE_LIMIT_FACTOR * self.timeout + _CLOSE_GRACE
                     await self.ws.send_message(message)
             except tw.ConnectionClosed:
                 self.closed = True
                 raise _Closed from None
             finally:
                 self.sending_since = None
+            if shield.cancelled_caught:  # the frame may be half written: the socket is unusable
+                self.closed = True
+                raise _Closed
 
     async def watch_writes(self) -> None:
         """Close the session with 4429 when one write stays blocked for the slow-client
         timeout (see the class docstring)."""
-        timeout = self.gateway.config.slow_client_timeout_s
-        while not self.closed:
-            since = self.sending_since
-            now = trio.current_time()
-            if since is None:
-                await trio.sleep(timeout)
-            elif now - since < timeout:
-                await trio.sleep(since + timeout - now)
-            else:
-                self.gateway._slow_closed += 1
-                log.warning("closing %s: it did not read for %.1fs", self.name, timeout)
-                await self.close(CLOSE_SLOW_CONSUMER, f"client did not read for {timeout:g}s")
-                return
+        timeout = self.timeout
+        try:
+            while not self.closed:
+                since = self.sending_since
+                now = trio.current_time()
+                if since is None:
+                    await trio.sleep(timeout)
+                elif now - since < timeout:
+                    await trio.sleep(since + timeout - now)
+                else:
+                    self.gateway._slow_closed += 1
+                    log.warning("closing %s: it did not read for %.1fs", self.name, timeout)
+                    await self.close(CLOSE_SLOW_CONSUMER, f"client did not read for {timeout:g}s")
+                    return
+        finally:
+            if self.sending_since is not None:
+                # Cancelled (the session or the server is stopping) while a write is blocked:
+                # the task doing it cannot be cancelled mid-frame, so close the socket, which
+                # ends the write within the close grace and lets the session end.
+                await self.close(CLOSE_GOING_AWAY, "server stopping")
 
-    async def close(self, code: int, reason: str) -> None:
-        if self.closed:
+    @property
+    def timeout(self) -> float:
+        return self.gateway.config.slow_client_timeout_s
+
+    async def close(self, code: int, reason: str, *, grace: float = _CLOSE_GRACE) -> None:
+        """Close the socket with *code*. Bounded by *grace* seconds even for a peer that does
+        not read, and shielded. Only the first call closes; later ones wait for it to end
+        (the caller may otherwise stop the WebSocket's reader task while the first still
+        waits for the peer's close reply, which then could never arrive)."""
+        if self._close_started:
+            await self._close_done.wait()
             return
+        self._close_started = True
         self.closed = True
+        try:
+            await self._close(code, reason, grace)
+        finally:
+            self._close_done.set()
+
+    async def _close(self, code: int, reason: str, grace: float) -> None:
         # When the handshake does not finish in time (a peer that does not read), cancelling
         # `aclose` closes the TCP stream, which also ends a write still blocked on it.
-        with trio.CancelScope(shield=True), trio.move_on_after(_CLOSE_GRACE):
+        with trio.CancelScope(shield=True), trio.move_on_after(grace):
             try:
                 await self.ws.aclose(code, reason)
             except Exception:  # the socket may already be broken
                 log.debug("close of %s failed", self.name, exc_info=True)
-
-
-_CLOSE_GRACE = 2.0
-"""Seconds the close handshake may take before the TCP stream is simply closed."""
 
 
 class Gateway:
@@ -260,23 +302,37 @@ class Gateway:
         cfg = self.config
         with trio.CancelScope() as scope:
             self._server_scope = scope
+            listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
+            self.port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
-                server: tw.WebSocketServer = await nursery.start(
-                    lambda task_status: tw.serve_websocket(
-                        self._handle,
-                        cfg.host,
-                        cfg.port,
-                        None,
-                        handler_nursery=nursery,
-                        max_message_size=cfg.max_frame_bytes,
-                        connect_timeout=cfg.handshake_timeout_s,
-                        disconnect_timeout=5,
-                        task_status=task_status,
-                    )
+                await nursery.start(
+                    partial(trio.serve_listeners, self._connection, listeners),
                 )
-                self.port = server.port
                 log.info("gateway listening on %s", self.url)
                 task_status.started(self)
+
+    async def _connection(self, stream: trio.SocketStream) -> None:
+        """One TCP connection: the WebSocket handshake (bounded by the handshake timeout),
+        the session, and - always - the TCP stream closed at the end. (We own the stream
+        rather than use ``serve_websocket``: trio-websocket leaves it open when the peer's
+        close or an oversized message ended the WebSocket first.)"""
+        try:
+            async with trio.open_nursery() as nursery:
+                request: tw.WebSocketRequest | None = None
+                with trio.move_on_after(self.config.handshake_timeout_s):
+                    request = await tw.wrap_server_stream(
+                        nursery, stream, max_message_size=self.config.max_frame_bytes
+                    )
+                try:
+                    if request is not None:
+                        await self._handle(request)
+                finally:
+                    nursery.cancel_scope.cancel()  # the WebSocket's reader task
+        except Exception:  # a bug (ours or the library's) ends this connection only
+            log.exception("connection from %s failed", _peer(stream))
+        finally:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
 
     async def shutdown(self, drain_s: float = 10.0) -> None:
         """Tell clients goodbye, refuse new requests, let running ones finish for up to
@@ -341,7 +397,7 @@ class Gateway:
         self._total += 1
         self._sessions.add(session)
         self._peak = max(self._peak, len(self._sessions))
-        code, reason = 1000, "bye"
+        code, reason, grace = 1000, "bye", _CLOSE_GRACE
         try:
             await self._session(session, header_token)
         except _Closed:
@@ -351,7 +407,11 @@ class Gateway:
             code, reason = 1011, "internal error"
         finally:
             self._sessions.discard(session)
-            await session.close(code, reason)
+            if trio.current_effective_deadline() == -math.inf:
+                # The server is being stopped: the WebSocket's reader task is cancelled too,
+                # so no close reply could be read - send the close frame and go.
+                code, reason, grace = CLOSE_GOING_AWAY, "server stopping", 0.1
+            await session.close(code, reason, grace=grace)
 
     async def _session(self, session: _Session, header_token: str | None) -> None:
         cfg = self.config
