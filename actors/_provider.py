@@ -1027,7 +1027,6 @@ class ProviderActor:
         state: _Attempt,
         streaming: bool,
     ) -> Completion | Embeddings | Failure:
-        dialect = gen.dialect
         started = trio.current_time()
         head = False
         try:
@@ -1047,6 +1046,22 @@ class ProviderActor:
                 )
             state.sent = True
             at, what = self._limit(gen, envelope, started, state)
+            if not streaming and gen.config.timeouts.stall is None:
+                # The common non-streamed case: no per-chunk limit to enforce, so the body is
+                # read in one `aread` - no iterator chain to walk, discard and close.
+                with trio.move_on_at(at) as scope:
+                    response = await client.send(request, stream=True)
+                    head = True
+                    try:
+                        await response.aread()
+                    finally:
+                        if not response.is_closed:
+                            with trio.move_on_after(1) as close_scope:
+                                close_scope.shield = True
+                                await response.aclose()
+                if scope.cancelled_caught:
+                    return self._timeout_failure(gen, call, what, state)
+                return self._complete(gen, call, response, state)
             with trio.move_on_at(at) as scope:
                 response = await client.send(request, stream=True)
             if scope.cancelled_caught:
@@ -1076,22 +1091,7 @@ class ProviderActor:
                             parts.append(chunk)
                     if body_scope.cancelled_caught:
                         return self._timeout_failure(gen, call, what, state)
-                    body = b"".join(parts)
-                    if response.status_code >= 300:
-                        return dialect.classify_error(
-                            response.status_code,
-                            response.headers,
-                            body,
-                            now=self.connection.wall_clock(),
-                        )
-                    state.first_token_at = trio.current_time()
-                    if isinstance(call.request, EmbedRequest):
-                        parsed: Completion | Embeddings | Failure = dialect.parse_embed(body)
-                    else:
-                        parsed = dialect.parse_chat(body)
-                    if not isinstance(parsed, Failure):
-                        state.usage = parsed.usage
-                    return parsed
+                    return self._parse(gen, call, response, b"".join(parts), state)
                 return await self._relay(gen, call, envelope, chunks, state, started)
             finally:
                 # Shielded, so this also happens when the caller cancelled, and bounded, so
@@ -1105,6 +1105,40 @@ class ProviderActor:
                 raise
             failure = failure_from_exception(exc, streaming=head)
             return msgspec.structs.replace(failure, usage=state.usage)
+
+    def _complete(
+        self, gen: _Generation, call: Call, response: httpx.Response, state: _Attempt
+    ) -> Completion | Embeddings | Failure:
+        """A response httpx has read whole."""
+        state.status = response.status_code
+        state.body_started = True
+        state.rate = parse_rate_limit_headers(
+            dict(response.headers.items()), now=self.connection.wall_clock()
+        )
+        return self._parse(gen, call, response, response.content, state)
+
+    def _parse(
+        self,
+        gen: _Generation,
+        call: Call,
+        response: httpx.Response,
+        body: bytes,
+        state: _Attempt,
+    ) -> Completion | Embeddings | Failure:
+        """A whole body: the provider's error, or the dialect's parse of the answer."""
+        dialect = gen.dialect
+        if response.status_code >= 300:
+            return dialect.classify_error(
+                response.status_code, response.headers, body, now=self.connection.wall_clock()
+            )
+        state.first_token_at = trio.current_time()
+        if isinstance(call.request, EmbedRequest):
+            parsed: Completion | Embeddings | Failure = dialect.parse_embed(body)
+        else:
+            parsed = dialect.parse_chat(body)
+        if not isinstance(parsed, Failure):
+            state.usage = parsed.usage
+        return parsed
 
     async def _relay(
         self,
