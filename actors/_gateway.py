@@ -143,10 +143,6 @@ class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
 _CLOSE_GRACE = 2.0
 """Seconds the close handshake may take before the TCP stream is simply closed."""
 
-_WRITE_LIMIT_FACTOR = 2.0
-"""A write blocked for this many slow-client timeouts (plus the grace) is cancelled even in
-the middle of a frame - only if the watchdog and the closers failed to end it first."""
-
 
 class _Closed(Exception):
     """The session's socket is gone (or was closed by us)."""
@@ -161,7 +157,10 @@ class _Session:
     ``slow_client_timeout_s`` old; if that write is still the one blocked, it closes the
     session with 4429. Closing marks the session closed at once (every later `send` raises
     `_Closed`) and then runs the WebSocket close handshake, bounded by ``_CLOSE_GRACE``, after
-    which the TCP stream is closed, which also ends a write that is still blocked.
+    which the TCP stream is closed, which also ends a write that is still blocked. When the
+    session is cancelled (the client left, the server stops) the watchdog's ``finally``
+    closes the socket if a write is blocked, since that write itself cannot be cancelled;
+    so no write outlives its session by more than the grace.
     """
 
     def __init__(self, gateway: Gateway, ws: tw.WebSocketConnection, encoding: Encoding) -> None:
@@ -185,20 +184,17 @@ class _Session:
         async with self.send_lock:
             if self.closed:
                 raise _Closed
-            since = self.sending_since = trio.current_time()
+            self.sending_since = trio.current_time()
             try:
-                with trio.CancelScope(shield=True) as shield:
-                    # Last resort, should the watchdog and the closers all be gone.
-                    shield.deadline = since + _WRITE_LIMIT_FACTOR * self.timeout + _CLOSE_GRACE
+                # No deadline here (a per-frame timer costs on the hot path): a blocked write
+                # is ended by `watch_writes`, which outlives every write of the session.
+                with trio.CancelScope(shield=True):
                     await self.ws.send_message(message)
             except tw.ConnectionClosed:
                 self.closed = True
                 raise _Closed from None
             finally:
                 self.sending_since = None
-            if shield.cancelled_caught:  # the frame may be half written: the socket is unusable
-                self.closed = True
-                raise _Closed
 
     async def watch_writes(self) -> None:
         """Close the session with 4429 when one write stays blocked for the slow-client
