@@ -1015,26 +1015,6 @@ class ProviderActor:
             message = f"stream stalled: no data for {t.stall:g}s"
         return self._failure(call, ErrorKind.TIMEOUT, message, usage=state.usage)
 
-    async def _read(
-        self,
-        gen: _Generation,
-        envelope: ProviderEnvelope,
-        chunks: AsyncIterator[bytes],
-        state: _Attempt,
-        started: float,
-    ) -> bytes | str | None:
-        """The next body chunk (``None`` at the end of the body), or the name of the time
-        limit that passed first."""
-        at, what = self._limit(gen, envelope, started, state)
-        chunk: bytes | None = None
-        with trio.move_on_at(at) as scope:
-            chunk = await anext(chunks, None)
-        if scope.cancelled_caught:
-            return what
-        if chunk is not None:
-            state.body_started = True
-        return chunk
-
     async def _exchange(
         self,
         gen: _Generation,
@@ -1245,11 +1225,12 @@ class ProviderActor:
         `DRAIN_S`, `DRAIN_BYTES` and the attempt's limits; any failure just stops it - the
         answer is already complete."""
         left = DRAIN_BYTES
-        with trio.move_on_after(DRAIN_S):
+        at = min(trio.current_time() + DRAIN_S, self._limit(gen, envelope, started, state)[0])
+        with trio.move_on_at(at):  # one scope for the whole drain: it is on every stream
             try:
                 while left > 0:
-                    chunk = await self._read(gen, envelope, chunks, state, started)
-                    if chunk is None or isinstance(chunk, str):
+                    chunk = await anext(chunks, None)
+                    if chunk is None:
                         return
                     left -= len(chunk)
             except Exception as exc:
