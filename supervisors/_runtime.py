@@ -38,7 +38,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -206,8 +206,10 @@ class Runtime:
         transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         rng: random.Random | None = None,
+        wall_clock: Callable[[], float] | None = None,
     ) -> None:
         self.config = config
+        self._wall_clock = wall_clock
         self._transports = dict(transports or {})
         self._default_transport = transport
         self._rng = rng or random.Random()
@@ -230,7 +232,12 @@ class Runtime:
 
     def _make_connection(self, config: ConnectionConfig) -> Connection:
         transport = self._transports.get(config.name, self._default_transport)
-        return Connection(config, transport=transport, rng=random.Random(self._rng.getrandbits(64)))
+        return Connection(
+            config,
+            transport=transport,
+            rng=random.Random(self._rng.getrandbits(64)),
+            wall_clock=self._wall_clock,
+        )
 
     def _spec(self, conn: Connection) -> ChildSpec:
         async def start(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -520,11 +527,18 @@ async def start_runtime(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> Runtime:
     """Start the runtime's tree in *nursery* and return it once every connection is up (and,
     when the config has an enabled ``[gateway]``, once the gateway listens: ``rt.gateway``).
     Stop it with ``await rt.aclose()`` (or cancel the nursery)."""
-    runtime = Runtime(_resolve_config(config), transports=transports, transport=transport, rng=rng)
+    runtime = Runtime(
+        _resolve_config(config),
+        transports=transports,
+        transport=transport,
+        rng=rng,
+        wall_clock=wall_clock,
+    )
     await nursery.start(runtime._run)
     gateway = runtime.config.gateway
     if gateway is not None and gateway.enabled:
@@ -541,18 +555,26 @@ async def open_runtime(
     transports: Mapping[str, httpx.AsyncBaseTransport] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
     rng: random.Random | None = None,
+    wall_clock: Callable[[], float] | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run the runtime for the duration of the block (a path loads a TOML config).
 
     *transports* maps connection names to httpx transports (e.g. the fault kit's
-    `FakeTransport`); *transport* is the default for the others. Leaving the block drains
+    `FakeTransport`); *transport* is the default for the others. *rng* seeds jitter and
+    weighted routing; *wall_clock* (epoch seconds; default `time.time`) reads absolute times
+    in provider headers - pass one matching a virtual clock in tests. Leaving the block drains
     in-flight work up to ``runtime.shutdown_timeout_s``, then cancels.
     """
     runtime: Runtime | None = None
     try:
         async with unwrapping(), trio.open_nursery() as nursery:
             runtime = await start_runtime(
-                config, nursery, transports=transports, transport=transport, rng=rng
+                config,
+                nursery,
+                transports=transports,
+                transport=transport,
+                rng=rng,
+                wall_clock=wall_clock,
             )
             try:
                 yield runtime

@@ -5,8 +5,9 @@
 - `FakeTransport`: its in-memory twin, an httpx transport that works under ``autojump_clock``;
 - `FaultPlan`, `Rule` and the fault types: faults as plain data;
 - `check_client` / `check_stream_client`: the invariants every well-behaved client keeps;
-- ``actors.testing.strategies``: Hypothesis strategies (imported on first use, so the kit
-  works without Hypothesis installed).
+- ``actors.testing.strategies``: Hypothesis strategies, and ``actors.testing.machine``: a
+  reusable model-based state machine (`SwitchboardMachine`, `make_machine`) - both imported on
+  first use, so the kit works without Hypothesis installed.
 """
 
 import typing as _typing
@@ -45,14 +46,21 @@ from ._server import run_fake_provider as run_fake_provider
 from ._transport import FakeTransport as FakeTransport
 
 if _typing.TYPE_CHECKING:
+    from . import _machine as machine
     from . import _strategies as strategies
 
 
+_LAZY_MODULES = {
+    "machine": "actors.testing._machine",
+    "strategies": "actors.testing._strategies",
+}
+
+
 def __getattr__(name: str) -> _typing.Any:
-    if name == "strategies":
+    if name in _LAZY_MODULES:
         import importlib as _importlib
 
-        return _importlib.import_module("actors.testing._strategies")
+        return _importlib.import_module(_LAZY_MODULES[name])
     raise AttributeError(f"module 'actors.testing' has no attribute {name!r}")
 
 
@@ -88,6 +96,7 @@ __all__ = [
     "Violation",
     "check_client",
     "check_stream_client",
+    "machine",
     "run_fake_provider",
     "strategies",
 ]

@@ -80,9 +80,12 @@ async def test_removing_a_connection_fails_over_instead_of_failing(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
     slow = FakeTransport(plan=FaultPlan(sequence=(Latency(seconds=3.0),)))
-    async with open_runtime(
-        loads_config(TWO), transports={"primary": slow}, transport=FakeTransport()
-    ) as rt, trio.open_nursery() as nursery:
+    async with (
+        open_runtime(
+            loads_config(TWO), transports={"primary": slow}, transport=FakeTransport()
+        ) as rt,
+        trio.open_nursery() as nursery,
+    ):
         nursery.start_soon(rt.chat, ask())  # keeps the primary draining for 3 s
         await trio.sleep(0.5)
         nursery.start_soon(rt.remove_connection, "primary")
@@ -146,3 +149,23 @@ async def test_in_flight_counts_survive_crashes(
         assert kinds == ["crashed", "crashed", "primary"]
         assert conn.incarnation == 3
         assert conn.mailbox.statistics().in_flight == 0
+
+
+async def test_http_date_retry_after_under_a_virtual_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    from actors.testing import RateLimited
+
+    epoch = 1_800_000_000.0
+
+    def wall() -> float:
+        return epoch + trio.current_time()
+
+    fake = FakeTransport(
+        plan=FaultPlan(sequence=(RateLimited(retry_after=3.0, header="date"),)),
+        wall_start=epoch,
+    )
+    async with open_runtime(loads_config(TWO), transports={"primary": fake}, wall_clock=wall) as rt:
+        done = await rt.chat(ask("primary/m"))
+    assert done.attempts == 2
+    assert [a.arrived_at for a in fake.attempts] == [0.0, 3.0]
