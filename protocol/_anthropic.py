@@ -43,7 +43,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ._classify import error_failure, loads, str_or_none, text_of
+from ._classify import error_failure, loads, merge_extra, protocol_failure, str_or_none, text_of
 from ._config import ConnectionConfig, ProviderName
 from ._dialect import HttpRequest
 from ._errors import ErrorKind, ProtocolError
@@ -254,10 +254,6 @@ def _error_payload_failure(error: Any, data: bytes, usage: Usage | None) -> Fail
     return msgspec.structs.replace(failure, usage=usage) if usage is not None else failure
 
 
-def _protocol_failure(message: str, usage: Usage | None = None) -> Failure:
-    return Failure.of(ErrorKind.PROTOCOL, message, usage=usage)
-
-
 # --------------------------------------------------------------------------- stream decoder
 
 
@@ -310,7 +306,7 @@ class AnthropicStreamDecoder:
         try:
             events = self._sse.feed(chunk)
         except FramingError as exc:
-            return self._fail(_protocol_failure(f"malformed stream: {exc}", self._usage))
+            return self._fail(protocol_failure(f"malformed stream: {exc}", self._usage))
         return self._events(events) if events else []
 
     def close(self) -> list[DecodedItem]:
@@ -346,7 +342,7 @@ class AnthropicStreamDecoder:
             except _DECODE_ERRORS as exc:
                 if not data.strip() or not self._known(name, data):
                     continue  # an empty keep-alive, or an unknown event of a new shape
-                append(_protocol_failure(f"malformed {name} event: {exc}", self._usage))
+                append(protocol_failure(f"malformed {name} event: {exc}", self._usage))
                 self._done = True
                 return out
             kind = event.type or name
@@ -532,18 +528,6 @@ def _output_format(fmt: ResponseFormat) -> dict[str, Any] | None:
     return None
 
 
-def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    """``extra`` at the top level; a ``None`` value deletes the field; an ``output_config``
-    dict is merged into ours."""
-    for key, value in extra.items():
-        if value is None:
-            body.pop(key, None)
-        elif key == "output_config" and isinstance(value, dict) and key in body:
-            body[key] = {**body[key], **value}
-        else:
-            body[key] = value
-
-
 def _message_completion(msg: _Message) -> Completion:
     text: list[str] = []
     reasoning: list[str] = []
@@ -610,7 +594,13 @@ class AnthropicDialect:
                 body["output_config"] = {"format": fmt}
         if stream:
             body["stream"] = True
-        _merge_extra(body, request.extra)
+        extra = request.extra
+        ours = body.get("output_config")
+        theirs = extra.get("output_config")
+        if isinstance(ours, dict) and isinstance(theirs, dict):
+            # An ``output_config`` in extra (e.g. ``effort``) joins ours (the schema).
+            extra = {**extra, "output_config": {**ours, **theirs}}
+        merge_extra(body, extra)
         base = conn.base_url.rstrip("/") if conn.base_url else DEFAULT_BASE_URL
         return HttpRequest(
             method="POST",
@@ -627,11 +617,11 @@ class AnthropicDialect:
         try:
             msg = _MESSAGE_DECODER.decode(body)
         except _DECODE_ERRORS:
-            return _protocol_failure(f"malformed response body: {text_of(body)}")
+            return protocol_failure(f"malformed response body: {text_of(body)}")
         if msg.type == "error" or msg.error is not None:
             return _error_payload_failure(msg.error, body, None)
         if msg.content is None:
-            return _protocol_failure(f"response has no content: {text_of(body)}")
+            return protocol_failure(f"response has no content: {text_of(body)}")
         return _message_completion(msg)
 
     def stream_decoder(self) -> AnthropicStreamDecoder:

@@ -16,7 +16,7 @@ from typing import Any
 import msgspec
 
 from ._errors import ErrorKind
-from ._messages import Failure
+from ._messages import Failure, Usage
 from ._ratelimit import parse_retry_after
 
 K = ErrorKind
@@ -113,6 +113,23 @@ def _by_status(status: int) -> ErrorKind:
         # An error object inside a successful response: the provider failed mid-way.
         return K.SERVER_ERROR
     return K.BAD_REQUEST
+
+
+def merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    """Merge ``ChatRequest.extra`` into a request *body* at the top level; a ``None`` value
+    deletes the key (so a caller can remove a field a dialect sets). The rule for every
+    dialect."""
+    for key, value in extra.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+
+
+def protocol_failure(message: str, usage: Usage | None = None) -> Failure:
+    """A `Failure` for bytes that break the provider's protocol (a malformed body or chunk),
+    carrying the usage seen so far."""
+    return Failure.of(K.PROTOCOL, message, usage=usage)
 
 
 def loads(body: bytes | str) -> Any:

@@ -39,7 +39,7 @@ from typing import Any
 import msgspec
 
 from ._accumulate import StreamAccumulator
-from ._classify import error_failure, str_or_none, text_of
+from ._classify import error_failure, merge_extra, protocol_failure, str_or_none, text_of
 from ._config import ConnectionConfig, ProviderName
 from ._dialect import HttpRequest
 from ._errors import ErrorKind
@@ -163,10 +163,6 @@ def _usage(meta: _UsageMetadata) -> Usage:
     )
 
 
-def _protocol(message: str, usage: Usage | None = None) -> Failure:
-    return Failure.of(ErrorKind.PROTOCOL, message, usage=usage)
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -264,7 +260,7 @@ class GeminiStreamDecoder:
         try:
             events = self._sse.feed(chunk)
         except FramingError as exc:
-            return self._fail(_protocol(f"malformed stream: {exc}", self._usage))
+            return self._fail(protocol_failure(f"malformed stream: {exc}", self._usage))
         out: list[DecodedItem] = []
         for _, data in events:
             if self._chunk(data, out):
@@ -307,7 +303,7 @@ class GeminiStreamDecoder:
         try:
             response: _Response = _safe_decode(_RESPONSE, data)
         except ValueError as exc:
-            out.extend(self._fail(_protocol(f"malformed stream chunk: {exc}", self._usage)))
+            out.extend(self._fail(protocol_failure(f"malformed stream chunk: {exc}", self._usage)))
             return True
         if response.error is not None:
             failure = _error_failure(200, {}, response.error, text_of(data))
@@ -487,18 +483,8 @@ def _chat_body(request: ChatRequest) -> dict[str, Any]:
         if mode is None:
             calling["allowedFunctionNames"] = [request.tool_choice]
         body["toolConfig"] = {"functionCallingConfig": calling}
-    _merge_extra(body, request.extra)
+    merge_extra(body, request.extra)
     return body
-
-
-def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    """Merge ``request.extra`` into *body* at the top level; a ``None`` value deletes the key
-    (the same rule as the other dialects)."""
-    for key, value in extra.items():
-        if value is None:
-            body.pop(key, None)
-        else:
-            body[key] = value
 
 
 # --------------------------------------------------------------------------- the dialect
@@ -524,12 +510,12 @@ class GeminiDialect:
         try:
             response: _Response = _safe_decode(_RESPONSE, body)
         except ValueError as exc:
-            return _protocol(f"malformed Gemini response: {exc}; body: {text_of(body, 200)}")
+            return protocol_failure(f"malformed Gemini response: {exc}; body: {text_of(body, 200)}")
         if response.error is not None:
             return _error_failure(200, {}, response.error, text_of(body))
         blocked = response.prompt_feedback is not None and response.prompt_feedback.block_reason
         if not response.candidates and not blocked:
-            return _protocol(f"Gemini response without candidates: {text_of(body, 200)}")
+            return protocol_failure(f"Gemini response without candidates: {text_of(body, 200)}")
         decoder = GeminiStreamDecoder()
         items: list[DecodedItem] = []
         decoder.add_response(response, items)
@@ -570,19 +556,21 @@ class GeminiDialect:
                     one["outputDimensionality"] = request.dimensions
                 requests.append(one)
             body = {"requests": requests}
-        _merge_extra(body, request.extra)
+        merge_extra(body, request.extra)
         return HttpRequest(method="POST", url=url, headers=_headers(conn), body=_ENCODE(body))
 
     def parse_embed(self, body: bytes) -> Embeddings | Failure:
         try:
             response: _EmbedResponse = _safe_decode(_EMBED, body)
         except ValueError as exc:
-            return _protocol(f"malformed Gemini embeddings: {exc}; body: {text_of(body, 200)}")
+            return protocol_failure(
+                f"malformed Gemini embeddings: {exc}; body: {text_of(body, 200)}"
+            )
         if response.embeddings is not None:
             return Embeddings(vectors=[e.values for e in response.embeddings])
         if response.embedding is not None:
             return Embeddings(vectors=[response.embedding.values])
-        return _protocol(f"Gemini embeddings response without vectors: {text_of(body, 200)}")
+        return protocol_failure(f"Gemini embeddings response without vectors: {text_of(body, 200)}")
 
     def classify_error(
         self, status: int, headers: Mapping[str, str], body: bytes, *, now: float = 0.0

@@ -38,7 +38,7 @@ from typing import Any
 import msgspec
 
 from ._accumulate import StreamAccumulator
-from ._classify import error_failure, str_or_none, text_of
+from ._classify import error_failure, merge_extra, protocol_failure, str_or_none, text_of
 from ._config import ConnectionConfig, ProviderName
 from ._dialect import HttpRequest
 from ._errors import ErrorKind, ProtocolError
@@ -122,10 +122,6 @@ def _safe_decode(decoder: msgspec.json.Decoder[Any], data: bytes) -> Any:
         raise ValueError(str(exc)) from None
 
 
-def _protocol(message: str, usage: Usage | None = None) -> Failure:
-    return Failure.of(ErrorKind.PROTOCOL, message, usage=usage)
-
-
 def _error_failure(
     status: int, headers: Mapping[str, str], error: Any, fallback: str, *, now: float = 0.0
 ) -> Failure:
@@ -180,7 +176,7 @@ class OllamaStreamDecoder:
             lines = self._lines.feed(chunk)
         except FramingError as exc:
             self._done = True
-            return [_protocol(f"malformed stream: {exc}")]
+            return [protocol_failure(f"malformed stream: {exc}")]
         return self._process(lines)
 
     def close(self) -> list[DecodedItem]:
@@ -204,7 +200,7 @@ class OllamaStreamDecoder:
                 line: _Line = _safe_decode(_LINE, raw)
             except ValueError as exc:
                 self._done = True
-                out.append(_protocol(f"malformed stream line: {exc}"))
+                out.append(protocol_failure(f"malformed stream line: {exc}"))
                 break
             self.add_line(line, raw, out)
             if self._done:
@@ -357,18 +353,8 @@ def _chat_body(request: ChatRequest, model: str, stream: bool) -> dict[str, Any]
             body["format"] = fmt.schema
         elif fmt.type != "text":
             body["format"] = "json"
-    _merge_extra(body, request.extra)
+    merge_extra(body, request.extra)
     return body
-
-
-def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    """Merge ``request.extra`` into *body* at the top level; a ``None`` value deletes the key
-    (the same rule as the other dialects)."""
-    for key, value in extra.items():
-        if value is None:
-            body.pop(key, None)
-        else:
-            body[key] = value
 
 
 # --------------------------------------------------------------------------- the dialect
@@ -395,7 +381,7 @@ class OllamaDialect:
         try:
             line: _Line = _safe_decode(_LINE, body)
         except ValueError as exc:
-            return _protocol(f"malformed Ollama response: {exc}; body: {text_of(body, 200)}")
+            return protocol_failure(f"malformed Ollama response: {exc}; body: {text_of(body, 200)}")
         decoder = OllamaStreamDecoder()
         items: list[DecodedItem] = []
         decoder.add_line(line, body, items)
@@ -405,7 +391,7 @@ class OllamaDialect:
                 return item
             acc.add(item)
         if not acc.finished:
-            return _protocol(f'Ollama response without "done": true: {text_of(body, 200)}')
+            return protocol_failure(f'Ollama response without "done": true: {text_of(body, 200)}')
         return acc.completion()
 
     def stream_decoder(self) -> OllamaStreamDecoder:
@@ -417,7 +403,7 @@ class OllamaDialect:
         body: dict[str, Any] = {"model": model, "input": list(request.inputs)}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        _merge_extra(body, request.extra)
+        merge_extra(body, request.extra)
         return HttpRequest(
             method="POST",
             url=f"{_base_url(conn)}/api/embed",
@@ -429,9 +415,13 @@ class OllamaDialect:
         try:
             response: _EmbedResponse = _safe_decode(_EMBED, body)
         except ValueError as exc:
-            return _protocol(f"malformed Ollama embeddings: {exc}; body: {text_of(body, 200)}")
+            return protocol_failure(
+                f"malformed Ollama embeddings: {exc}; body: {text_of(body, 200)}"
+            )
         if response.embeddings is None:
-            return _protocol(f"Ollama embeddings response without vectors: {text_of(body, 200)}")
+            return protocol_failure(
+                f"Ollama embeddings response without vectors: {text_of(body, 200)}"
+            )
         return Embeddings(
             vectors=response.embeddings,
             usage=Usage(input_tokens=response.prompt_eval_count or 0),

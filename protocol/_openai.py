@@ -42,7 +42,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
-from ._classify import error_failure, loads, str_or_none, text_of
+from ._classify import error_failure, loads, merge_extra, protocol_failure, str_or_none, text_of
 from ._config import ConnectionConfig, ProviderName
 from ._dialect import HttpRequest
 from ._errors import ErrorKind
@@ -260,10 +260,6 @@ def _error_event_failure(data: bytes, usage: Usage | None) -> Failure:
     return msgspec.structs.replace(failure, usage=usage) if usage is not None else failure
 
 
-def _protocol_failure(message: str, usage: Usage | None = None) -> Failure:
-    return Failure.of(ErrorKind.PROTOCOL, message, usage=usage)
-
-
 # --------------------------------------------------------------------------- stream decoder
 
 
@@ -351,7 +347,7 @@ class OpenAIStreamDecoder:
         # the body was split.
         out = self._events(exc.events)
         if not self.done:
-            out.append(_protocol_failure(f"malformed chunk: {exc}", self._usage))
+            out.append(protocol_failure(f"malformed chunk: {exc}", self._usage))
             self._done = True
         return out
 
@@ -384,7 +380,7 @@ class OpenAIStreamDecoder:
                 if final:
                     append(self._interrupted("the body ended inside a chunk"))
                 else:
-                    append(_protocol_failure(f"malformed chunk: {exc}", self._usage))
+                    append(protocol_failure(f"malformed chunk: {exc}", self._usage))
                 self._done = True
                 return out
             if chunk.error is not None:
@@ -532,14 +528,6 @@ def _tool_choice(choice: str) -> str | dict[str, Any]:
     return {"type": "function", "function": {"name": choice}}
 
 
-def _merge_extra(body: dict[str, Any], extra: Mapping[str, Any]) -> None:
-    for key, value in extra.items():
-        if value is None:
-            body.pop(key, None)
-        else:
-            body[key] = value
-
-
 class OpenAIDialect:
     """The ``openai`` dialect (see the module docstring). Stateless; use `DIALECT`."""
 
@@ -595,7 +583,7 @@ class OpenAIDialect:
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
-        _merge_extra(body, request.extra)
+        merge_extra(body, request.extra)
         return HttpRequest(
             method="POST",
             url=f"{base}/chat/completions",
@@ -609,12 +597,12 @@ class OpenAIDialect:
         try:
             resp = _RESPONSE_DECODER.decode(body)
         except _DECODE_ERRORS:
-            return _protocol_failure(f"malformed response body: {text_of(body)}")
+            return protocol_failure(f"malformed response body: {text_of(body)}")
         if resp.error is not None:
             return _error_event_failure(body, None)
         choice = next((c for c in resp.choices or () if c.index == 0), None)
         if choice is None:
-            return _protocol_failure(f"response has no choice 0: {text_of(body)}")
+            return protocol_failure(f"response has no choice 0: {text_of(body)}")
         msg = choice.message or _ResponseMessage()
         content = msg.content
         text = _parts_text(content) if isinstance(content, list) else (content or "")
@@ -650,7 +638,7 @@ class OpenAIDialect:
         body: dict[str, Any] = {"model": model, "input": list(request.inputs)}
         if request.dimensions is not None:
             body["dimensions"] = request.dimensions
-        _merge_extra(body, request.extra)
+        merge_extra(body, request.extra)
         return HttpRequest(
             method="POST",
             url=f"{_base_url(conn)}/embeddings",
@@ -664,16 +652,16 @@ class OpenAIDialect:
         try:
             resp = _EMBED_DECODER.decode(body)
         except _DECODE_ERRORS:
-            return _protocol_failure(f"malformed embeddings body: {text_of(body)}")
+            return protocol_failure(f"malformed embeddings body: {text_of(body)}")
         if resp.error is not None:
             return _error_event_failure(body, None)
         if resp.data is None:
-            return _protocol_failure(f"embeddings body has no data: {text_of(body)}")
+            return protocol_failure(f"embeddings body has no data: {text_of(body)}")
         vectors: list[list[float]] = []
         for item in sorted(resp.data, key=lambda item: item.index):
             vector = _vector(item.embedding)
             if vector is None:
-                return _protocol_failure("an embedding is not valid base64 float32")
+                return protocol_failure("an embedding is not valid base64 float32")
             vectors.append(vector)
         usage = resp.usage
         return Embeddings(
