@@ -37,6 +37,9 @@ Design:
   second terminal frame for the running request.
 - **Isolation**: an unexpected error in one session (or in the backend for one request) is
   logged and ends only that socket (1011) or that request (``crashed``), never the server.
+- **We own each TCP stream** (``trio.serve_listeners`` + ``wrap_server_stream`` rather than
+  ``serve_websocket``) and close it when the session ends: trio-websocket leaves the stream
+  open when the peer's close or an oversized message ended the WebSocket first.
 - **Graceful shutdown**: a ``goodbye`` frame, no new requests, running ones finish up to the
   drain time, then sockets close with 1001.
 
