@@ -285,20 +285,38 @@ class Runtime:
     async def chat(self, request: ChatRequest) -> Completion:
         """Route *request* and return its completion; raises `RequestFailed` with the typed
         `Failure` otherwise."""
-        self._requests += 1
-        result = await self.router.chat(request)
-        self._count(result)
+        result = await self.chat_result(request)
         if isinstance(result, Failure):
             raise RequestFailed(result)
         return result
 
     async def embed(self, request: EmbedRequest) -> Embeddings:
         """Route an embeddings request; raises `RequestFailed` on failure."""
-        self._requests += 1
-        result = await self.router.embed(request)
-        self._count(result)
+        result = await self.embed_result(request)
         if isinstance(result, Failure):
             raise RequestFailed(result)
+        return result
+
+    async def chat_result(self, request: ChatRequest) -> Completion | Failure:
+        """Like `chat`, but the `Failure` is returned as data (for servers and batch code)."""
+        self._requests += 1
+        try:
+            result = await self.router.chat(request)
+        except BaseException:
+            self._failures[ErrorKind.CANCELLED.value] += 1
+            raise
+        self._count(result)
+        return result
+
+    async def embed_result(self, request: EmbedRequest) -> Embeddings | Failure:
+        """Like `embed`, but the `Failure` is returned as data."""
+        self._requests += 1
+        try:
+            result = await self.router.embed(request)
+        except BaseException:
+            self._failures[ErrorKind.CANCELLED.value] += 1
+            raise
+        self._count(result)
         return result
 
     @asynccontextmanager

@@ -26,16 +26,19 @@ class RuntimeBackend:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
 
+    # Through the runtime (not its router directly), so gateway traffic is counted in the
+    # runtime's metrics like any other.
+
     @asynccontextmanager
     async def stream_request(self, request: ChatRequest) -> AsyncIterator[StreamHandle]:
-        async with self.runtime.router.stream(request) as handle:
+        async with self.runtime.stream(request) as handle:
             yield handle
 
     async def chat_request(self, request: ChatRequest) -> Completion | Failure:
-        return await self.runtime.router.chat(request)
+        return await self.runtime.chat_result(request)
 
     async def embed_request(self, request: EmbedRequest) -> Embeddings | Failure:
-        return await self.runtime.router.embed(request)
+        return await self.runtime.embed_result(request)
 
     def status_report(self) -> tuple[str, list[ConnectionStatus]]:
         health = self.runtime.health()

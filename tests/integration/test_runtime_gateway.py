@@ -7,7 +7,7 @@ import trio
 
 from actors import Client, GatewayError
 from actors.testing import FakeTransport
-from protocol import ChatRequest, Message, loads_config
+from protocol import ChatRequest, Message, RequestFailed, loads_config
 from supervisors import open_runtime
 
 CONFIG = """
@@ -43,3 +43,21 @@ async def test_runtime_without_gateway_section_has_none() -> None:
     config = loads_config(CONFIG.split("[gateway]")[0])
     async with open_runtime(config, transport=FakeTransport()) as rt:
         assert rt.gateway is None
+
+
+async def test_gateway_traffic_is_counted_in_runtime_metrics() -> None:
+    request = ChatRequest(model="m", messages=[Message(role="user", content="hi")])
+    with trio.fail_after(30):
+        async with open_runtime(loads_config(CONFIG), transport=FakeTransport(seed=3)) as rt:
+            assert rt.gateway is not None
+            async with Client.connect(rt.gateway.url, token="t0ken") as client:
+                await client.chat(request)
+                async with client.stream(request) as stream:
+                    async for _ in stream:
+                        pass
+                with pytest.raises(RequestFailed):
+                    await client.chat(ChatRequest(model="nope", messages=request.messages))
+            metrics = rt.metrics()
+    assert metrics.requests == 3
+    assert metrics.completions == 2
+    assert metrics.failures == {"not_found": 1}
