@@ -536,9 +536,19 @@ class _ClientPool:
 class _Attempt:
     """What one attempt did, filled in as it goes (read by the ``finally`` that records it)."""
 
-    __slots__ = ("body_started", "emitted", "first_token_at", "rate", "sent", "status", "usage")
+    __slots__ = (
+        "body_started",
+        "deltas",
+        "emitted",
+        "first_token_at",
+        "rate",
+        "sent",
+        "status",
+        "usage",
+    )
 
     def __init__(self) -> None:
+        self.deltas = 0
         self.sent = False
         self.body_started = False
         self.status: int | None = None
@@ -548,11 +558,37 @@ class _Attempt:
         self.first_token_at: float | None = None
 
 
-def _estimate_tokens(request: Request, conn: ConnectionConfig) -> int:
+def _estimate_input(request: Request) -> int:
+    """Input tokens, estimated at four characters a token."""
     if isinstance(request, EmbedRequest):
         return sum(len(t) for t in request.inputs) // 4 + 1
-    chars = sum(len(m.text()) for m in request.messages)
-    return chars // 4 + 1 + (request.max_tokens or conn.default_max_tokens)
+    return sum(len(m.text()) for m in request.messages) // 4 + 1
+
+
+def _estimate_tokens(request: Request, conn: ConnectionConfig) -> int:
+    """What the limiter reserves: the input estimate plus the most the answer may use."""
+    if isinstance(request, EmbedRequest):
+        return _estimate_input(request)
+    return _estimate_input(request) + (request.max_tokens or conn.default_max_tokens)
+
+
+def _billed(usage: Usage | None, state: _Attempt, request: Request) -> Usage | None:
+    """The usage to record for an attempt that ended early (cut, failed or cancelled).
+
+    Providers bill the tokens they generated, but most report usage only at the end of a
+    stream (OpenAI in its last chunk): a stream cut or cancelled after N content deltas would
+    otherwise record nothing. So output is at least the deltas received (about a token each)
+    and a missing input count is estimated from the prompt."""
+    if state.deltas == 0:
+        return usage
+    usage = usage or Usage()
+    if usage.output_tokens >= state.deltas and usage.input_tokens:
+        return usage
+    return msgspec.structs.replace(
+        usage,
+        input_tokens=usage.input_tokens or _estimate_input(request),
+        output_tokens=max(usage.output_tokens, state.deltas),
+    )
 
 
 async def _discard(chunks: AsyncIterator[bytes]) -> None:
@@ -910,6 +946,8 @@ class ProviderActor:
         conn._drain_transitions(breaker)
         if state.rate is not None and not state.rate.empty:
             admission.observe(state.rate)
+        if not isinstance(outcome, Completion | Embeddings):
+            state.usage = _billed(state.usage, state, call.request)
         usage = state.usage
         if state.sent:
             admission.finish(grant, usage.total_tokens if usage is not None else None)
@@ -1181,6 +1219,7 @@ class ProviderActor:
                         if state.first_token_at is None:
                             state.first_token_at = trio.current_time()
                         state.emitted = True
+                        state.deltas += 1
                     try:
                         send.send_nowait(item)
                     except trio.WouldBlock:
