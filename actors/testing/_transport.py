@@ -202,6 +202,9 @@ class _ScriptStream(httpx.AsyncByteStream):
             for step in self._steps:
                 if isinstance(step, Chunk):
                     if step.data:
+                        # Like a socket read: a checkpoint per chunk, so a consumer that stops
+                        # (cancels) mid-body is seen as gone rather than drinking the body.
+                        await trio.lowlevel.checkpoint()
                         attempt.sent += len(step.data)
                         yield step.data
                 elif isinstance(step, Pause):
