@@ -264,7 +264,6 @@ class GatewayConfig(_Conf, frozen=True, kw_only=True):
     handshake_timeout_s: PositiveFloat = 10.0
     slow_client_timeout_s: PositiveFloat = 30.0
     ping_interval_s: PositiveFloat = 20.0
-    send_buffer: NonNegativeInt = 32
 
 
 class RuntimeSettings(_Conf, frozen=True, kw_only=True):
