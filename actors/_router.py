@@ -128,6 +128,7 @@ class Router:
         self.rng = rng or random.Random()
         self.failovers = 0
         self.closed = False
+        self._resolved: dict[str, list[ResolvedTarget]] = {}
         """Set by the runtime when it shuts down: every new request fails ``cancelled``."""
 
     # -- resolution ---------------------------------------------------------------------
@@ -137,7 +138,22 @@ class Router:
         models and patterns, default models, or ``connection/model``)."""
         return list(dict.fromkeys(t.connection for t in self.targets_for(model)))
 
+    def invalidate(self) -> None:
+        """Forget cached name resolutions: call after connections are added, removed or
+        reconfigured (the runtime does)."""
+        self._resolved.clear()
+
     def targets_for(self, model: str) -> list[ResolvedTarget]:
+        """Where *model* can go (see the module header), in declaration order. Cached per
+        name: resolving a name otherwise scans every connection's aliases and patterns."""
+        cached = self._resolved.get(model)
+        if cached is None:
+            if len(self._resolved) > 10_000:
+                self._resolved.clear()
+            cached = self._resolved[model] = self._resolve(model)
+        return list(cached)
+
+    def _resolve(self, model: str) -> list[ResolvedTarget]:
         route = self.routes.get(model)
         if route is not None:
             out = []

@@ -362,6 +362,7 @@ class Runtime:
         new = _apply_changes(conn.config, changes, source)
         try:
             conn.override(new)
+            self.router.invalidate()
         except ValueError as exc:  # a cross-field rule a machine checks (nothing was changed)
             raise ConfigError(source, [("", str(exc))]) from None
         return new
@@ -378,10 +379,12 @@ class Runtime:
             self._transports[config.name] = transport
         conn = self._make_connection(config)
         self.connections[config.name] = conn
+        self.router.invalidate()
         try:
             await self.supervisor.add_child(self._spec(conn))
         except BaseException:
             del self.connections[config.name]
+            self.router.invalidate()
             raise
         return conn
 
@@ -395,6 +398,7 @@ class Runtime:
         finally:
             _fail_queued(conn)
             self.connections.pop(name, None)
+            self.router.invalidate()
 
     async def probe(
         self, name: str, *, model: str | None = None, timeout: float = 15.0
