@@ -245,6 +245,22 @@ class Router:
             budget = self.connections[targets[0].connection].config.timeout if targets else 60.0
         return trio.current_time() + max(budget, 0.0)
 
+    def _prepare(
+        self, request: ChatRequest | EmbedRequest
+    ) -> Failure | tuple[RouteConfig, list[ResolvedTarget], float]:
+        """The route, ordered targets and absolute deadline of *request*, or the failure that
+        ends it before any target is tried."""
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        route, targets = self._plan(request)
+        if not targets:
+            return self._no_target(request)
+        invalid = self._invalid_strategy(request, route)
+        if invalid is not None:
+            return invalid
+        return route, targets, self._deadline(request, targets)
+
     def _refuse(self, request: ChatRequest | EmbedRequest) -> Failure | None:
         """A failure for a request that must not be routed at all, else ``None``."""
         if self.closed:
@@ -311,16 +327,10 @@ class Router:
         return result
 
     async def _call(self, request: ChatRequest | EmbedRequest) -> Completion | Embeddings | Failure:
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        route, targets = self._plan(request)
-        if not targets:
-            return self._no_target(request)
-        invalid = self._invalid_strategy(request, route)
-        if invalid is not None:
-            return invalid
-        deadline = self._deadline(request, targets)
+        prepared = self._prepare(request)
+        if isinstance(prepared, Failure):
+            return prepared
+        route, targets, deadline = prepared
         attempts = 0
         waits: list[float] = []
         last: Failure | None = None
@@ -455,16 +465,10 @@ class Router:
           prefill rejection) falls back to ``restart`` on that same target, so the
           rejection is never the caller's final error.
         """
-        refused = self._refuse(request)
-        if refused is not None:
-            return refused
-        route, targets = self._plan(request)
-        if not targets:
-            return self._no_target(request)
-        invalid = self._invalid_strategy(request, route)
-        if invalid is not None:
-            return invalid
-        deadline = self._deadline(request, targets)
+        prepared = self._prepare(request)
+        if isinstance(prepared, Failure):
+            return prepared
+        route, targets, deadline = prepared
         attempts = 0
         waits: list[float] = []
         last: Failure | None = None
