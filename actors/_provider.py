@@ -128,6 +128,13 @@ class ConnectionStatistics(msgspec.Struct, frozen=True, kw_only=True):
     running: bool
 
 
+def deadline_after(budget: float) -> float:
+    """The absolute deadline (trio clock) *budget* seconds from now; a budget that is not a
+    positive number (0, negative, NaN) means "now": the request is already out of time."""
+    now = trio.current_time()
+    return now + budget if budget > 0 else now
+
+
 class _Generation:
     """What a request captures when it starts: config and the policies derived from it."""
 
@@ -287,9 +294,7 @@ class Connection:
 
     def _deadline(self, request: Request, timeout: float | None) -> float:
         budget = timeout if timeout is not None else request.timeout
-        if budget is None:
-            budget = self.config.timeout
-        return trio.current_time() + budget if budget > 0 else trio.current_time()
+        return deadline_after(self.config.timeout if budget is None else budget)
 
     def _call(self, request: Request, model: str | None) -> Call:
         return Call(request, self.config.resolve_model(model or request.model))

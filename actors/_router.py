@@ -65,7 +65,7 @@ from protocol._messages import (
 )
 
 from ._groups import unwrapping
-from ._provider import Call, Connection
+from ._provider import Call, Connection, deadline_after
 
 DEFAULT_ROUTE = RouteConfig(targets=[])
 
@@ -243,7 +243,7 @@ class Router:
         budget = request.timeout
         if budget is None:
             budget = self.connections[targets[0].connection].config.timeout if targets else 60.0
-        return trio.current_time() + max(budget, 0.0)
+        return deadline_after(budget)
 
     def _prepare(
         self, request: ChatRequest | EmbedRequest

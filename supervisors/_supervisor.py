@@ -98,6 +98,7 @@ from typing import Literal, Protocol
 import msgspec
 import trio
 
+from actors._groups import only_cancelled
 from protocol._errors import SwitchboardError
 
 from ._intensity import (
@@ -384,14 +385,6 @@ class _Subscriber:
     def close(self) -> None:
         self.send.close()
         self.drain.close()
-
-
-def _only_cancelled(exc: BaseException) -> bool:
-    if isinstance(exc, trio.Cancelled):
-        return True
-    if isinstance(exc, BaseExceptionGroup):
-        return all(_only_cancelled(e) for e in exc.exceptions)
-    return False
 
 
 def _without_cancelled(exc: BaseException) -> BaseException:
@@ -803,7 +796,7 @@ class Supervisor:
             if not run.started:
                 run.done.set()
                 raise  # to the loop's nursery.start(): a failure to start
-            if _only_cancelled(exc):
+            if only_cancelled(exc):
                 run.reason = "shutdown"  # outer cancellation: never a crash
                 run.done.set()
                 self._record_exit(child, run)
