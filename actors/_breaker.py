@@ -371,6 +371,11 @@ class Breaker:
 
     # ------------------------------------------------------------------ asking
 
+    @property
+    def open_until(self) -> float | None:
+        """When an OPEN breaker lets a probe through (``None`` in the other states)."""
+        return self._open_until
+
     def poll(self, now: float) -> BreakerState:
         """Apply the transitions time has made due (OPEN -> HALF_OPEN, stuck HALF_OPEN ->
         OPEN) and return the current state."""

@@ -272,15 +272,13 @@ class Connection:
         if self.mailbox.closed:
             return math.inf  # draining for removal or shutdown: takes no new work
         waits: list[float] = []
-        snap = self.breaker.snapshot(now)
-        if snap.state is BreakerState.FORCED_OPEN:
+        state = self.breaker.poll(now)  # cheap: this runs for every target of every request
+        if state is BreakerState.FORCED_OPEN:
             waits.append(math.inf)
-        elif (
-            snap.state is BreakerState.OPEN
-            and snap.open_until is not None
-            and snap.open_until > now
-        ):
-            waits.append(snap.open_until - now)
+        elif state is BreakerState.OPEN:
+            open_until = self.breaker.open_until
+            if open_until is not None and open_until > now:
+                waits.append(open_until - now)
         parked = self.limiter.parked_until
         if parked is not None and parked > now:
             waits.append(parked - now)
@@ -848,18 +846,17 @@ class ProviderActor:
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="silent target: failing over instead"
                 )
-            snap = breaker.snapshot(now)
-            if decision.retry and snap.state in _REFUSING:
+            if decision.retry and breaker.poll(now) in _REFUSING:
                 # This failure (or an earlier one) opened the breaker: sleeping through the
                 # backoff would only end in circuit_open. Give up now with the real cause, and
                 # say when the breaker will let a call through again.
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="the circuit breaker opened"
                 )
-                if snap.open_until is not None:
+                open_until = breaker.open_until
+                if open_until is not None:
                     outcome = msgspec.structs.replace(
-                        outcome,
-                        retry_after=max(outcome.retry_after or 0.0, snap.open_until - now),
+                        outcome, retry_after=max(outcome.retry_after or 0.0, open_until - now)
                     )
             if decision.retry and not conn.budget.try_retry(now):
                 decision = msgspec.structs.replace(
