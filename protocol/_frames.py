@@ -20,7 +20,7 @@ See ``docs/protocol.md`` for the complete protocol.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 import msgspec
 
@@ -197,6 +197,8 @@ ServerFrame = (
 
 # --------------------------------------------------------------------------- codecs
 
+_F = TypeVar("_F")
+
 _client_json = msgspec.json.Decoder(ClientFrame)
 _client_msgpack = msgspec.msgpack.Decoder(ClientFrame)
 _server_json = msgspec.json.Decoder(ServerFrame)
@@ -243,9 +245,9 @@ def _recover_id(message: str | bytes) -> str:
 
 def _decode(
     message: str | bytes,
-    json_dec: msgspec.json.Decoder[object],
-    mp_dec: msgspec.msgpack.Decoder[object],
-) -> object:
+    json_dec: msgspec.json.Decoder[_F],
+    mp_dec: msgspec.msgpack.Decoder[_F],
+) -> _F:
     try:
         if isinstance(message, str):
             return json_dec.decode(message)
@@ -259,14 +261,12 @@ def _decode(
 def decode_client_frame(message: str | bytes) -> ClientFrame:
     """A client frame from a WebSocket message (text: JSON, binary: MessagePack). Raises
     `FrameError` (with the request id when it can be recovered) for anything else."""
-    frame = _decode(message, _client_json, _client_msgpack)
-    return frame  # type: ignore[return-value]
+    return _decode(message, _client_json, _client_msgpack)
 
 
 def decode_server_frame(message: str | bytes) -> ServerFrame:
     """A server frame from a WebSocket message. Raises `FrameError`."""
-    frame = _decode(message, _server_json, _server_msgpack)
-    return frame  # type: ignore[return-value]
+    return _decode(message, _server_json, _server_msgpack)
 
 
 def frame_failure(kind: ErrorKind, message: str, *, id: str = "") -> FailureFrame:
