@@ -38,4 +38,4 @@ def test_ci_runs_the_readme_test_command() -> None:
     test_command = next(c for c in commands if "pytest" in c)
     assert test_command in (ROOT / ".ci" / "run").read_text().splitlines()
     serve_command = next(c for c in commands if "switchboard serve" in c)
-    assert serve_command.endswith("pip install -e . && switchboard serve")
+    assert serve_command.endswith("pip install -c constraints.txt -e . && switchboard serve")
