@@ -29,9 +29,15 @@ Choices:
   call's ``input`` object is kept as ``msgspec.Raw``: its JSON text is the call's arguments,
   with no decode/re-encode round trip.
 - **Never raise on peer input.** Undecodable data or broken SSE framing ends a stream with a
-  ``protocol`` `Failure`; a body cut before ``message_stop`` with ``stream_interrupted``; an
-  error event is classified by its error type (``overloaded_error`` → ``overloaded``) with
-  status 200. Every stream `Failure` carries the usage seen so far, or ``None`` when none was.
+  ``protocol`` `Failure`; a body cut before the stop reason (``message_delta``) with
+  ``stream_interrupted``; an error event is classified by its error type (``overloaded_error``
+  → ``overloaded``) with status 200. Every stream `Failure` carries the usage seen so far, or
+  ``None`` when none was.
+- **A stop reason and a clean end of body are a complete answer**, ``message_stop`` or not:
+  ``message_delta`` carries the stop reason and the final usage, and nothing after it carries
+  content, so a stream that lost only its ``message_stop`` (a proxy, a cut last event) is not
+  thrown away for the router to pay for again. The same rule as the OpenAI dialect's
+  ``[DONE]``; the caller calls ``close()`` only for a clean end of body.
   An event of a type we do not know is ignored even when its shape is unexpected, as
   Anthropic's versioning policy asks.
 """
@@ -278,7 +284,11 @@ class AnthropicStreamDecoder:
     - ``error`` → the classified `Failure` (status 200) → done;
     - undecodable data of a known event type, or a framing error → ``protocol`` `Failure` →
       done; ``ping``, ``content_block_stop`` and unknown types → nothing;
-    - ``close()`` while streaming → ``stream_interrupted`` `Failure` → done;
+    - ``close()`` while streaming, after a stop reason → `Finished`, as for ``message_stop``
+      (a last, unterminated event cut inside its JSON is then the lost ``message_stop``);
+    - ``close()`` while streaming, before a stop reason → ``stream_interrupted`` `Failure`
+      (also when the last, unterminated event is cut inside its JSON: the body ended, the
+      event is not malformed) → done;
     - done: ``feed`` and ``close`` return ``[]``.
 
     ``content_block_stop`` is not needed: a tool call's arguments are the concatenation of its
@@ -312,28 +322,37 @@ class AnthropicStreamDecoder:
     def close(self) -> list[DecodedItem]:
         if self._done:
             return []
-        out = self._events(self._sse.close())
+        out = self._events(self._sse.close(), final=True)
         if self.done:  # message_stop or an error came last (the property defeats narrowing)
             return out
-        if self._stop_reason is None:
-            why = "no stop reason had arrived"
-        else:
-            why = f"after stop reason {self._stop_reason!r}"
         out.append(
-            Failure.of(
-                ErrorKind.STREAM_INTERRUPTED,
-                f"stream ended before message_stop ({why})",
-                usage=self._usage,
-            )
+            self._interrupted("the body ended") if self._stop_reason is None else self._finished()
         )
         self._done = True
         return out
+
+    def _finished(self) -> Finished:
+        return Finished(
+            finish_reason=_finish(self._stop_reason),
+            usage=self._usage or _ZERO_USAGE,
+            model=self._model,
+            response_id=self._response_id,
+        )
+
+    def _interrupted(self, what: str) -> Failure:
+        return Failure.of(
+            ErrorKind.STREAM_INTERRUPTED,
+            f"stream ended with no stop reason and no message_stop: {what}",
+            usage=self._usage,
+        )
 
     def _fail(self, failure: Failure) -> list[DecodedItem]:
         self._done = True
         return [failure]
 
-    def _events(self, events: list[SSEEvent]) -> list[DecodedItem]:
+    def _events(self, events: list[SSEEvent], *, final: bool = False) -> list[DecodedItem]:
+        """Items for whole SSE *events*. ``final``: these were flushed by ``close()``, so an
+        undecodable one is an event cut by the end of the body, not a malformed one."""
         out: list[DecodedItem] = []
         append = out.append
         for name, data in events:
@@ -342,7 +361,12 @@ class AnthropicStreamDecoder:
             except _DECODE_ERRORS as exc:
                 if not data.strip() or not self._known(name, data):
                     continue  # an empty keep-alive, or an unknown event of a new shape
-                append(protocol_failure(f"malformed {name} event: {exc}", self._usage))
+                if final:
+                    if self._stop_reason is not None:
+                        return out  # message_stop, cut: close() finishes the answer
+                    append(self._interrupted("the body ended inside an event"))
+                else:
+                    append(protocol_failure(f"malformed {name} event: {exc}", self._usage))
                 self._done = True
                 return out
             kind = event.type or name
@@ -392,14 +416,7 @@ class AnthropicStreamDecoder:
                     self._usage = usage = _usage(msg.usage)
                     append(UsageUpdate(usage=usage))
             elif kind == "message_stop":
-                append(
-                    Finished(
-                        finish_reason=_finish(self._stop_reason),
-                        usage=self._usage or _ZERO_USAGE,
-                        model=self._model,
-                        response_id=self._response_id,
-                    )
-                )
+                append(self._finished())
                 self._done = True
                 return out
             elif kind == "error":

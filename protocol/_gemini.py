@@ -236,7 +236,8 @@ class GeminiStreamDecoder:
     - *done*: reached by an ``error`` segment or undecodable bytes (a `Failure`), or by
       ``close()`` - which emits `Finished` if a finish reason arrived and a
       ``stream_interrupted`` `Failure` otherwise, because the body has no terminator of its
-      own. Input after that is ignored.
+      own. A last, unterminated event that does not decode was cut by the end of the body,
+      not malformed: it is dropped, and the same rule decides. Input after that is ignored.
     """
 
     __slots__ = ("_calls", "_done", "_finish", "_model", "_response_id", "_sse", "_usage")
@@ -272,7 +273,7 @@ class GeminiStreamDecoder:
             return []
         out: list[DecodedItem] = []
         for _, data in self._sse.close():
-            if self._chunk(data, out):
+            if self._chunk(data, out, final=True):
                 return out
         self._done = True
         if self._finish is None:
@@ -298,11 +299,16 @@ class GeminiStreamDecoder:
         self._done = True
         return [failure]
 
-    def _chunk(self, data: bytes, out: list[DecodedItem]) -> bool:
-        """Append the items of one SSE event's data; True when it ended the stream."""
+    def _chunk(self, data: bytes, out: list[DecodedItem], *, final: bool = False) -> bool:
+        """Append the items of one SSE event's data; True when it ended the stream.
+        ``final``: the event was flushed by ``close()``, so data that does not decode is a
+        chunk cut by the end of the body: dropped (``close()`` then decides by the finish
+        reason, as the other dialects do for a missing terminator), not a protocol error."""
         try:
             response: _Response = _safe_decode(_RESPONSE, data)
         except ValueError as exc:
+            if final:
+                return False
             out.extend(self._fail(protocol_failure(f"malformed stream chunk: {exc}", self._usage)))
             return True
         if response.error is not None:

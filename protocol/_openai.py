@@ -23,9 +23,17 @@ Choices:
   Python objects for them, which is what makes a chunk cheaper than ``json.loads`` of it. The
   Structs default every field and accept ``null`` wherever a server might send it.
 - **Never raise on peer input.** A chunk that is not the JSON we expect, or that breaks the SSE
-  framing, ends the stream with a ``protocol`` `Failure`; a body cut before ``[DONE]`` ends it
-  with ``stream_interrupted``; an ``{"error": ...}`` payload (HTTP 200) is classified like an
-  error response. Every stream `Failure` carries the usage seen so far, when any was seen.
+  framing, ends the stream with a ``protocol`` `Failure`; a body cut before choice 0's
+  ``finish_reason`` ends it with ``stream_interrupted``; an ``{"error": ...}`` payload (HTTP
+  200) is classified like an error response. Every stream `Failure` carries the usage seen so
+  far, when any was seen.
+- **A finish reason and a clean end of body are a complete answer**, ``[DONE]`` or not. Some
+  servers and proxies drop the terminator, and nothing that follows choice 0's finish reason
+  carries any of its content (only the ``include_usage`` chunk and ``[DONE]`` can), so calling
+  such a stream failed would throw a whole answer away and make the router pay for it again.
+  Its usage is whatever arrived (zero when the usage chunk was lost, as for a server that sends
+  none). The stream is complete only if the body ended cleanly: the caller calls ``close()``
+  for a clean end and never for a broken connection, which is a transport error.
 - **Choice 0 only.** With ``n > 1`` the chunks of several choices interleave; a `Completion`
   has one answer, so only index 0 is surfaced.
 """
@@ -278,8 +286,11 @@ class OpenAIStreamDecoder:
       refusal text came), usage (zero if none came), model and response id → done;
     - streaming, an ``error`` payload → the classified `Failure` (status 200) → done;
     - streaming, undecodable chunk or framing error → ``protocol`` `Failure` → done;
-    - streaming, ``close()`` → ``stream_interrupted`` `Failure` → done (also when the last,
-      unterminated event is cut inside its JSON: the body ended, the chunk is not malformed);
+    - streaming, ``close()`` after choice 0's finish reason → `Finished`, as for ``[DONE]``
+      (a last, unterminated event cut inside its JSON is then the lost usage chunk: dropped);
+    - streaming, ``close()`` before a finish reason → ``stream_interrupted`` `Failure` → done
+      (also when the last, unterminated event is cut inside its JSON: the body ended, the
+      chunk is not malformed);
     - done: ``feed`` and ``close`` return ``[]``.
 
     Every `Failure` carries the last usage seen, or ``None`` when none was seen.
@@ -327,18 +338,24 @@ class OpenAIStreamDecoder:
         out = self._events(events, final=True)
         if self.done:  # the final event was [DONE] or an error (the property defeats narrowing)
             return out
-        out.append(self._interrupted("the body ended"))
+        out.append(
+            self._interrupted("the body ended") if self._finish is None else self._finished()
+        )
         self._done = True
         return out
 
+    def _finished(self) -> Finished:
+        return Finished(
+            finish_reason="refusal" if self._refused else _finish(self._finish),
+            usage=self._usage or _ZERO_USAGE,
+            model=self._model,
+            response_id=self._response_id,
+        )
+
     def _interrupted(self, what: str) -> Failure:
-        if self._finish is None:
-            why = "no finish reason had arrived"
-        else:
-            why = f"after finish reason {self._finish!r}"
         return Failure.of(
             ErrorKind.STREAM_INTERRUPTED,
-            f"stream ended before [DONE]: {what} ({why})",
+            f"stream ended with no finish reason and no [DONE]: {what}",
             usage=self._usage,
         )
 
@@ -358,14 +375,7 @@ class OpenAIStreamDecoder:
         append = out.append
         for name, data in events:
             if data[:6] == b"[DONE]":
-                append(
-                    Finished(
-                        finish_reason="refusal" if self._refused else _finish(self._finish),
-                        usage=self._usage or _ZERO_USAGE,
-                        model=self._model,
-                        response_id=self._response_id,
-                    )
-                )
+                append(self._finished())
                 self._done = True
                 return out
             if name == "error":  # not OpenAI's way, but some compatible servers do this
@@ -378,6 +388,8 @@ class OpenAIStreamDecoder:
                 if not data.strip():
                     continue  # an empty keep-alive event
                 if final:
+                    if self._finish is not None:
+                        return out  # the usage chunk, cut: close() finishes the answer
                     append(self._interrupted("the body ended inside a chunk"))
                 else:
                     append(protocol_failure(f"malformed chunk: {exc}", self._usage))

@@ -858,11 +858,31 @@ def test_stream_missing_message_stop_is_interrupted() -> None:
     assert decoder.close() == []
 
 
-def test_stream_interrupted_after_message_delta_names_the_stop_reason() -> None:
-    items = _decode(_start() + _message_delta("end_turn"))
-    assert isinstance(items[-1], Failure)
-    assert items[-1].kind is ErrorKind.STREAM_INTERRUPTED
-    assert "end_turn" in items[-1].message
+def test_stop_reason_and_a_clean_end_without_message_stop_is_complete() -> None:
+    # Issue 10 item 3: message_delta (stop reason, final usage) then the body ends cleanly.
+    assert _decode(TEXT_STREAM[: -len(STOP)]) == _decode(TEXT_STREAM)
+    items = _decode(_start() + _message_delta("max_tokens", output_tokens=9))
+    assert items[-1] == Finished(
+        finish_reason="length",
+        usage=Usage(input_tokens=10, output_tokens=9),
+        model="claude-s",
+        response_id="msg_s",
+    )
+
+
+def test_stop_reason_then_a_cut_message_stop_is_complete() -> None:
+    for cut in (4, 20, len(STOP) - 4):
+        assert _decode(TEXT_STREAM[: -len(STOP)] + STOP[:cut]) == _decode(TEXT_STREAM), cut
+
+
+def test_body_cut_inside_its_last_event_before_a_stop_reason_is_interrupted() -> None:
+    delta = _message_delta("end_turn")
+    items = _decode(_start() + _text(0, "par") + delta[: len(delta) - 12])
+    failure = items[-1]
+    assert isinstance(failure, Failure)
+    assert failure.kind is ErrorKind.STREAM_INTERRUPTED
+    assert "inside an event" in failure.message
+    assert failure.usage == Usage(input_tokens=10, output_tokens=1)
 
 
 def test_empty_body_is_interrupted_without_usage() -> None:

@@ -536,6 +536,27 @@ def test_final_event_without_blank_line_still_counts() -> None:
     assert items == [TextDelta(text="a"), Finished(model="gemini-x", response_id="resp-1")]
 
 
+def test_finish_reason_then_a_chunk_cut_by_the_end_of_the_body_is_complete() -> None:
+    # Issue 10 item 3, Gemini's form: a chunk after the finishReason (usage only) cut by a
+    # clean end of body loses nothing of the answer.
+    head = sse(chunk([{"text": "a"}], finish="STOP", usage={"promptTokenCount": 2}))
+    tail = sse({"usageMetadata": {"promptTokenCount": 2, "candidatesTokenCount": 1}})
+    items = decode(head + tail[:30])
+    assert items[0] == TextDelta(text="a")
+    assert items[-1] == Finished(
+        usage=Usage(input_tokens=2), model="gemini-x", response_id="resp-1"
+    )
+
+
+def test_a_chunk_cut_by_the_end_of_the_body_before_a_finish_reason_is_interrupted() -> None:
+    whole = sse(chunk([{"text": "a"}])) + sse(chunk([{"text": "b"}], finish="STOP"))
+    items = decode(whole[:-40])
+    assert items[0] == TextDelta(text="a")
+    failure = items[-1]
+    assert isinstance(failure, Failure)
+    assert failure.kind is ErrorKind.STREAM_INTERRUPTED
+
+
 @pytest.mark.parametrize(
     "bad", [b"data: {not json\r\n\r\n", b"data: []\r\n\r\n", b'data: {"candidates": 5}\r\n\r\n']
 )

@@ -726,17 +726,46 @@ def test_comments_and_empty_keepalive_events_are_ignored() -> None:
     assert [type(i) for i in items] == [TextDelta, Finished]
 
 
-def test_missing_done_is_stream_interrupted_with_partial_usage() -> None:
+def test_finish_reason_and_a_clean_end_without_done_is_complete() -> None:
+    # Issue 10 item 3: a complete answer whose server (or proxy) dropped `data: [DONE]`.
     items = decode(
         chunk({"content": "x"}) + chunk(finish="stop") + chunk(choices=[], usage=USAGE_WIRE)
     )
+    assert items == [
+        TextDelta(text="x"),
+        UsageUpdate(usage=USAGE),
+        Finished(
+            finish_reason="stop", usage=USAGE, model="gpt-4o-2024-08-06", response_id="chatcmpl-X"
+        ),
+    ]
+    assert decode(TEXT_STREAM[: -len(DONE)]) == decode(TEXT_STREAM)
+
+
+def test_finish_reason_then_end_before_the_usage_chunk_is_complete_without_usage() -> None:
+    # The include_usage chunk comes after the finish chunk: lost, or cut inside its JSON. The
+    # answer is whole; its usage is absent, as for a server that sends no usage chunk.
+    head = chunk({"content": "x"}) + chunk(finish="length")
+    usage_chunk = chunk(choices=[], usage=USAGE_WIRE)
+    for body in (head, head + usage_chunk[:40], head + usage_chunk[:-3], head + DONE[:9]):
+        items = decode(body)
+        assert items[0] == TextDelta(text="x")
+        done = items[-1]
+        assert isinstance(done, Finished), (body, items)
+        assert (done.finish_reason, done.usage) == ("length", Usage())
+
+
+def test_refusal_without_done_is_a_complete_refusal() -> None:
+    items = decode(chunk({"refusal": "I can't"}) + chunk(finish="stop"))
+    assert isinstance(items[-1], Finished)
+    assert items[-1].finish_reason == "refusal"
+
+
+def test_only_choice_zeros_finish_reason_completes_the_stream() -> None:
+    items = decode(chunk({"content": "x"}) + chunk({"content": "y"}, index=1, finish="stop"))
     failure = items[-1]
     assert isinstance(failure, Failure)
     assert failure.kind is ErrorKind.STREAM_INTERRUPTED
-    assert "before [DONE]" in failure.message
-    assert "'stop'" in failure.message
-    assert failure.usage == USAGE
-    assert items[:-1] == [TextDelta(text="x"), UsageUpdate(usage=USAGE)]
+    assert "no finish reason" in failure.message
 
 
 def test_cut_mid_stream_says_no_finish_reason() -> None:
