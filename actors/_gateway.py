@@ -37,9 +37,24 @@ Design:
   second terminal frame for the running request.
 - **Isolation**: an unexpected error in one session (or in the backend for one request) is
   logged and ends only that socket (1011) or that request (``crashed``), never the server.
-- **We own each TCP stream** (``trio.serve_listeners`` + ``wrap_server_stream`` rather than
+- **We own each TCP stream** (our accept loop + ``wrap_server_stream`` rather than
   ``serve_websocket``) and close it when the session ends: trio-websocket leaves the stream
   open when the peer's close or an oversized message ended the WebSocket first.
+- **Bounded connections, quiet overload.** At most ``max_connections`` TCP connections are
+  open at once; a further one is counted and refused cheaply: at once, without parsing its
+  request, it gets an HTTP 503 (so every WebSocket client reports "503, retry later" rather
+  than waiting for a handshake that never comes), then end of stream, and its socket is
+  closed when the peer hangs up or after ``_REFUSE_GRACE`` (reading what it sent, so the
+  close does not reset the connection before the 503 is read). At most ``_MAX_REFUSING``
+  such refusals are pending; beyond that a connection is just closed. One warning line at
+  most every ``_OVERLOAD_LOG_S`` says connections are being refused.
+- **Out of file descriptors, one line, not a traceback per accept.** When ``accept`` fails
+  for lack of resources (EMFILE, ENFILE, ENOMEM, ENOBUFS) the loop retries every 0.1 s, as
+  ``trio.serve_listeners`` does, but instead of its traceback per retry (tens per second) it
+  logs one line at most every ``_OVERLOAD_LOG_S``: what failed, the open-file limit, and
+  what to do (raise ``ulimit -n`` or lower ``max_connections``).
+- **One log line per failed request** (`_log_failure`): id, peer, model, kind, connection and
+  a short message, as text and as ``extra`` fields; never a token, a key or the prompt.
 - **Graceful shutdown**: a ``goodbye`` frame, no new requests, running ones finish up to the
   drain time, then sockets close with 1001.
 
@@ -49,10 +64,11 @@ The gateway depends only on a `GatewayBackend` (the runtime implements it), not 
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 from contextlib import AbstractAsyncContextManager, suppress
-from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -127,12 +143,28 @@ class GatewayBackend(Protocol):
 
 def _peer(stream: trio.SocketStream) -> str:
     try:
-        return str(stream.socket.getpeername())
+        return _address(stream.socket.getpeername())
     except OSError:
         return "?"
 
 
+def _address(sockaddr: Any) -> str:
+    """``host:port`` (``[host]:port`` for IPv6) of a socket address or trio-websocket
+    ``Endpoint``; anything else as ``str``."""
+    if isinstance(sockaddr, tuple) and len(sockaddr) >= 2:
+        host, port = str(sockaddr[0]), sockaddr[1]
+    elif hasattr(sockaddr, "address") and hasattr(sockaddr, "port"):
+        host, port = str(sockaddr.address), sockaddr.port
+    else:
+        return str(sockaddr)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
+    """``connections``: open TCP connections; ``refused_connections``: connections closed at
+    once because ``max_connections`` were open; ``accept_errors``: failed ``accept`` calls
+    (out of file descriptors or memory)."""
+
     sessions: int
     peak_sessions: int
     sessions_total: int
@@ -141,10 +173,70 @@ class GatewayStatistics(msgspec.Struct, frozen=True, kw_only=True):
     in_flight: int
     malformed_frames: int
     slow_closed: int
+    connections: int = 0
+    refused_connections: int = 0
+    accept_errors: int = 0
 
 
 _CLOSE_GRACE = 2.0
 """Seconds the close handshake may take before the TCP stream is simply closed."""
+
+_ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.ENOBUFS})
+"""``accept`` errors that mean the process or system is out of resources (as trio's)."""
+
+_ACCEPT_RETRY_S = 0.1
+"""Pause after such an error before accepting again (trio's ``serve_listeners`` value)."""
+
+_OVERLOAD_LOG_S = 10.0
+"""At most one overload line (accept errors, refused connections) per this many seconds."""
+
+_REFUSE_GRACE = 1.0
+"""Seconds a refused connection may stay open for its peer to read the 503 and hang up."""
+
+_MAX_REFUSING = 64
+"""Refused connections pending at once (each holds a file descriptor for up to the grace)."""
+
+_REFUSAL_BODY = b"too many connections: [gateway] max_connections are open; retry later\n"
+_REFUSAL = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\n"
+    b"Retry-After: 1\r\n"
+    b"Connection: close\r\n\r\n%s" % (len(_REFUSAL_BODY), _REFUSAL_BODY)
+)
+"""The whole answer to a connection beyond ``max_connections``."""
+
+_LOG_MESSAGE_CHARS = 200
+"""A failure's message is cut to this length in the log line."""
+
+
+class _Throttle:
+    """Rate limit for a repeated log line: `due` says whether to log now and how many
+    occurrences since the last line went unlogged. Pure: the caller passes ``now``."""
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._last: float | None = None
+        self._suppressed = 0
+
+    def due(self, now: float) -> int | None:
+        """Record one occurrence at *now*: the number suppressed since the last line when a
+        line is due (the caller logs it), else ``None``."""
+        if self._last is not None and now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        self._last = now
+        suppressed, self._suppressed = self._suppressed, 0
+        return suppressed
+
+
+def _open_files_limit() -> str:
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return "unknown"
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
 
 
 class _Closed(Exception):
@@ -177,7 +269,7 @@ class _Session:
         self.closed = False
         self._close_started = False
         self._close_done = trio.Event()
-        self.name = f"{ws.remote}"
+        self.name = _address(ws.remote)
 
     async def send(self, frame: ServerFrame) -> None:
         """Send one whole frame. Raises `_Closed` when the session is (or gets) closed."""
@@ -274,6 +366,12 @@ class Gateway:
         self._malformed = 0
         self._slow_closed = 0
         self._in_flight = 0
+        self._connections = 0
+        self._refused_connections = 0
+        self._accept_errors = 0
+        self._refusing_now = 0
+        self._accept_throttle = _Throttle(_OVERLOAD_LOG_S)
+        self._refuse_throttle = _Throttle(_OVERLOAD_LOG_S)
 
     @property
     def url(self) -> str:
@@ -292,6 +390,9 @@ class Gateway:
             in_flight=self._in_flight,
             malformed_frames=self._malformed,
             slow_closed=self._slow_closed,
+            connections=self._connections,
+            refused_connections=self._refused_connections,
+            accept_errors=self._accept_errors,
         )
 
     async def serve(
@@ -304,17 +405,92 @@ class Gateway:
             listeners = await trio.open_tcp_listeners(cfg.port, host=cfg.host)
             self.port = listeners[0].socket.getsockname()[1]
             async with trio.open_nursery() as nursery:
-                await nursery.start(
-                    partial(trio.serve_listeners, self._connection, listeners),
-                )
+                for listener in listeners:
+                    nursery.start_soon(self._accept_loop, listener, nursery)
                 log.info("gateway listening on %s", self.url)
                 task_status.started(self)
 
+    async def _accept_loop(
+        self, listener: trio.abc.Listener[trio.SocketStream], nursery: trio.Nursery
+    ) -> None:
+        """Accept connections until cancelled: each gets a `_connection` task, unless
+        ``max_connections`` are open (then it is counted and refused: `_refuse`). Out of file
+        descriptors or memory, retry every ``_ACCEPT_RETRY_S`` and say so in one line at
+        most every ``_OVERLOAD_LOG_S`` (`_overloaded`). Other errors end the server."""
+        async with listener:
+            while True:
+                try:
+                    stream = await listener.accept()
+                except OSError as exc:
+                    if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                        raise
+                    self._accept_errors += 1
+                    self._overloaded(exc.errno)
+                    await trio.sleep(_ACCEPT_RETRY_S)
+                    continue
+                if self._connections >= self.config.max_connections:
+                    self._refused_connections += 1
+                    self._refusing()
+                    if self._refusing_now < _MAX_REFUSING:
+                        self._refusing_now += 1
+                        nursery.start_soon(self._refuse, stream)
+                    else:
+                        await trio.aclose_forcefully(stream)
+                    continue
+                self._connections += 1  # here, not in the task: the count is exact at once
+                nursery.start_soon(self._connection, stream)
+
+    async def _refuse(self, stream: trio.SocketStream) -> None:
+        """Answer a connection beyond ``max_connections`` with a 503 (see the module
+        docstring), without parsing its request, and close it."""
+        try:
+            with trio.move_on_after(_REFUSE_GRACE):
+                await stream.send_all(_REFUSAL)
+                await stream.send_eof()
+                while await stream.receive_some(65536):
+                    pass  # discard the request until the peer hangs up
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+            pass  # the peer is gone already: nothing to tell it
+        finally:
+            self._refusing_now -= 1
+            await trio.aclose_forcefully(stream)
+
+    def _overloaded(self, code: int) -> None:
+        suppressed = self._accept_throttle.due(trio.current_time())
+        if suppressed is None:
+            return
+        log.error(
+            "cannot accept connections: %s (%s) with %d connection(s) open; raise the "
+            "open-file limit (ulimit -n, now %s) or lower [gateway] max_connections (now %d)"
+            "; retrying every %gs%s",
+            errno.errorcode.get(code, str(code)),
+            os.strerror(code),
+            self._connections,
+            _open_files_limit(),
+            self.config.max_connections,
+            _ACCEPT_RETRY_S,
+            f" ({suppressed} more failed accept(s) since the last report)" if suppressed else "",
+            extra={"error": errno.errorcode.get(code, str(code)), "connections": self._connections},
+        )
+
+    def _refusing(self) -> None:
+        suppressed = self._refuse_throttle.due(trio.current_time())
+        if suppressed is None:
+            return
+        log.warning(
+            "refusing connections: %d open, the [gateway] max_connections limit (%d refused "
+            "so far); raise max_connections (and ulimit -n) if these clients are legitimate",
+            self._connections,
+            self._refused_connections,
+            extra={"connections": self._connections, "refused": self._refused_connections},
+        )
+
     async def _connection(self, stream: trio.SocketStream) -> None:
-        """One TCP connection: the WebSocket handshake (bounded by the handshake timeout),
-        the session, and - always - the TCP stream closed at the end. (We own the stream
-        rather than use ``serve_websocket``: trio-websocket leaves it open when the peer's
-        close or an oversized message ended the WebSocket first.)"""
+        """One TCP connection (counted by the accept loop): the WebSocket handshake (bounded
+        by the handshake timeout), the session, and - always - the TCP stream closed at the
+        end and the count decremented. (We own the stream rather than use
+        ``serve_websocket``: trio-websocket leaves it open when the peer's close or an
+        oversized message ended the WebSocket first.)"""
         try:
             async with trio.open_nursery() as nursery:
                 request: tw.WebSocketRequest | None = None
@@ -330,6 +506,7 @@ class Gateway:
         except Exception:  # a bug (ours or the library's) ends this connection only
             log.exception("connection from %s failed", _peer(stream))
         finally:
+            self._connections -= 1
             with trio.CancelScope(shield=True):
                 await stream.aclose()
 
@@ -499,6 +676,7 @@ class Gateway:
                 if isinstance(frame, ChatCall | EmbedCall):
                     reject = self._start_request(session, nursery, frame)
                     if reject is not None:
+                        self._log_failure(session, frame, reject.failure)
                         await session.send(reject)
                 elif isinstance(frame, Cancel):
                     scope = session.scopes.get(frame.id)
@@ -563,6 +741,7 @@ class Gateway:
         if not request.request_id:
             request = msgspec.structs.replace(request, request_id=rid)
         terminal: ServerFrame | None = None
+        crash: Exception | None = None
         try:
             with scope:
                 await session.send(Accepted(id=rid))
@@ -571,11 +750,13 @@ class Gateway:
                 except _Closed:
                     raise
                 except Exception as exc:  # a backend bug ends this request only
-                    log.exception("request %r failed", rid)
+                    crash = exc  # logged with its traceback below
                     terminal = frame_failure(ErrorKind.CRASHED, f"internal error: {exc}", id=rid)
             if scope.cancelled_caught:
                 why = "server shutting down" if self._closing else "cancelled by the client"
                 terminal = frame_failure(ErrorKind.CANCELLED, why, id=rid)
+            if isinstance(terminal, FailureFrame):
+                self._log_failure(session, frame, terminal.failure, crash)
             if terminal is not None:
                 await session.send(terminal)
         except _Closed:
@@ -585,6 +766,52 @@ class Gateway:
             self._in_flight -= 1
             if self._closing and not self._in_flight:
                 self._drained.set()
+
+    def _log_failure(
+        self,
+        session: _Session,
+        frame: ChatCall | EmbedCall,
+        failure: Failure,
+        crash: Exception | None = None,
+    ) -> None:
+        """Log one line for a request that ended in (or was refused with) *failure*: its id,
+        the peer, the model, the kind, the connection that failed and the failure's message
+        (what the client was sent, on one line, cut short), also as ``extra`` fields. Never
+        the request's content, a token or a key. ``cancelled`` logs at INFO, ``crashed`` at
+        ERROR with the traceback of *crash*, anything else at WARNING."""
+        kind = failure.kind
+        if kind is ErrorKind.CRASHED:
+            level = logging.ERROR
+        elif kind is ErrorKind.CANCELLED:
+            level = logging.INFO
+        else:
+            level = logging.WARNING
+        if not log.isEnabledFor(level):
+            return
+        message = " ".join(failure.message.split())
+        if len(message) > _LOG_MESSAGE_CHARS:
+            message = message[: _LOG_MESSAGE_CHARS - 1] + "…"
+        request_id = frame.request.request_id or frame.id
+        model = failure.model or frame.request.model
+        log.log(
+            level,
+            "request %s from %s failed: %s (model %s, connection %s): %s",
+            request_id,
+            session.name,
+            kind.value,
+            model,
+            failure.connection or "-",
+            message,
+            exc_info=crash,
+            extra={
+                "request_id": request_id,
+                "peer": session.name,
+                "model": model,
+                "error_kind": kind.value,
+                "connection": failure.connection or None,
+                "status": failure.status,
+            },
+        )
 
     async def _call(
         self,

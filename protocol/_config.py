@@ -253,12 +253,14 @@ class RouteConfig(_Conf, frozen=True, kw_only=True):
 
 class GatewayConfig(_Conf, frozen=True, kw_only=True):
     """The WebSocket gateway. ``tokens`` are the accepted bearer tokens (none: no auth, only
-    allowed on loopback hosts)."""
+    allowed on loopback hosts). ``max_connections`` bounds the open TCP connections of the
+    whole server: a further one gets HTTP 503 at once, before the WebSocket upgrade."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     tokens: list[Secret] = []
+    max_connections: PositiveInt = 1024
     max_frame_bytes: PositiveInt = 1_048_576
     max_concurrent_per_client: PositiveInt = 64
     handshake_timeout_s: PositiveFloat = 10.0
