@@ -16,6 +16,10 @@ Design choices:
   file only the user can read (``$XDG_RUNTIME_DIR/switchboard/gateway.json``, else
   ``~/.config/switchboard/gateway.json``) and removes it on exit; ``chat`` and ``status`` use
   it when no ``--url`` is given. With neither, ``chat`` runs in-process on the default.
+- **A stale state file is said, not silently skipped.** A ``serve`` that did not stop cleanly
+  leaves its file behind. Only a refused connection to a local address proves nothing serves
+  there any more (a timeout or a refused token proves nothing): then ``chat`` and ``status``
+  say so on stderr, remove the file, and go on as if there had been none.
 - **Messages for humans** say what to do; exit codes: 0 success, 1 the request or check
   failed, 2 bad usage or config, 3 the gateway could not be reached.
 
@@ -26,11 +30,13 @@ Heavy imports (the fake provider, trio-websocket client) happen inside the comma
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import os
 import secrets
 import signal
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -87,6 +93,9 @@ def write_state(url: str, token: str | None) -> Path:
 
 
 def read_state() -> dict[str, Any] | None:
+    """The state file's contents (``url``, ``token``, ``pid``), or ``None`` when there is no
+    readable one. Whether a gateway still answers there is `_stale`'s question: the pid
+    alone cannot say (another pid namespace, a reused pid)."""
     path = state_path()
     try:
         data = json.loads(path.read_text())
@@ -94,14 +103,6 @@ def read_state() -> dict[str, Any] | None:
         return None
     if not isinstance(data, dict) or not isinstance(data.get("url"), str):
         return None
-    pid = data.get("pid")
-    if isinstance(pid, int):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None  # a stale file from a serve that died
-        except PermissionError:
-            pass
     return data
 
 
@@ -112,6 +113,60 @@ def remove_state() -> None:
             state_path().unlink()
     except (OSError, ValueError):
         pass
+
+
+def _is_local(host: str) -> bool:
+    """True for addresses of this machine whose refusal proves nothing listens: loopback,
+    ``localhost``, and the unspecified address a ``serve --host 0.0.0.0`` announces."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+async def _nothing_listens(url: str) -> bool:
+    """True when *url* is on this machine and a TCP connection to it is refused. Not for a
+    timeout, another error, or a remote host: those prove nothing about the gateway."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return False
+    if not parts.hostname or not port or not _is_local(parts.hostname):
+        return False
+    try:
+        with trio.fail_after(2.0):
+            stream = await trio.open_tcp_stream(parts.hostname, port)
+    except trio.TooSlowError:
+        return False
+    except OSError as exc:  # trio groups the errors of every address it tried
+        cause = exc.__cause__
+        errors = list(cause.exceptions) if isinstance(cause, BaseExceptionGroup) else [exc]
+        return all(isinstance(e, ConnectionRefusedError) for e in errors)
+    await stream.aclose()
+    return False
+
+
+async def _stale(state: dict[str, Any], then: str) -> bool:
+    """When nothing answers at the state file's URL (`_nothing_listens`), say so on stderr
+    (ending with *then*, what happens instead), remove the file, and return True."""
+    url = state["url"]
+    if not await _nothing_listens(url):
+        return False
+    path = state_path()
+    try:
+        if json.loads(path.read_text()) == state:  # not a fresh one a new serve just wrote
+            path.unlink()
+    except (OSError, ValueError):
+        pass
+    _err(
+        f"the state file {path} names {url} but nothing answers there (a gateway that did "
+        f"not stop cleanly?); removed it; {then}"
+    )
+    return True
 
 
 # --------------------------------------------------------------------------- embedded default
@@ -288,6 +343,7 @@ async def _chat(args: argparse.Namespace, prompt: str) -> int:
     )
     url = args.url
     token = args.token or os.environ.get("SWITCHBOARD_TOKEN")
+    state = None
     if url is None:
         state = read_state()
         if state is not None:
@@ -297,14 +353,21 @@ async def _chat(args: argparse.Namespace, prompt: str) -> int:
         return await _chat_in_process(request, args.json)
     from actors._client import Client, GatewayError
 
+    connected = False
     try:
         async with Client.connect(url, token=token) as client:
+            connected = True
             async with client.stream(request) as stream:
                 async for event in stream:
                     _print_event(event, args.json)
             return _print_result(stream.result, args.json)
     except GatewayError as exc:
-        _err(str(exc))
+        if state is None or connected:
+            _err(str(exc))
+            return EXIT_UNREACHABLE
+        if await _stale(state, "answering in-process on the embedded default"):
+            return await _chat_in_process(request, args.json)
+        _err(f"{exc} (the URL is from the state file {state_path()})")
         return EXIT_UNREACHABLE
 
 
@@ -329,19 +392,28 @@ async def _chat_in_process(request: ChatRequest, as_json: bool) -> int:
 async def _status(args: argparse.Namespace) -> int:
     from actors._client import Client, GatewayError
 
+    no_gateway = "no running gateway found: start one with `switchboard serve`, or pass --url"
     url = args.url
     token = args.token or os.environ.get("SWITCHBOARD_TOKEN")
+    state = None
     if url is None:
         state = read_state()
         if state is None:
-            _err("no running gateway found: start one with `switchboard serve`, or pass --url")
+            _err(no_gateway)
             return EXIT_UNREACHABLE
         url, token = state["url"], token or state.get("token")
+    connected = False
     try:
         async with Client.connect(url, token=token) as client:
+            connected = True
             reply = await client.status()
     except GatewayError as exc:
-        _err(str(exc))
+        if state is None or connected:
+            _err(str(exc))
+        elif await _stale(state, no_gateway):
+            pass
+        else:
+            _err(f"{exc} (the URL is from the state file {state_path()})")
         return EXIT_UNREACHABLE
     if args.json:
         print(msgspec.json.encode(reply).decode())

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
+import threading
 from pathlib import Path
 
 import pytest
@@ -103,11 +105,114 @@ def test_state_file_is_private_and_removed(isolated_state: Path) -> None:
     assert read_state() is None
 
 
-def test_stale_state_file_is_ignored(isolated_state: Path) -> None:
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, noted, closed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def stale_state(pid: int) -> tuple[Path, str]:
+    """A state file naming a loopback port where nothing answers, as a `serve` that did not
+    stop cleanly leaves behind."""
+    url = f"ws://127.0.0.1:{closed_port()}"
     path = state_path()
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"url": "ws://x", "token": "t", "pid": 2**22 + 12345}))
-    assert read_state() is None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"url": url, "token": "t0ken-in-state", "pid": pid}))
+    return path, url
+
+
+DEAD_PID = 2**22 + 12345  # above Linux's pid_max: no such process
+
+
+@pytest.mark.parametrize("pid", [DEAD_PID, os.getpid()], ids=["writer-dead", "pid-alive"])
+def test_chat_with_a_stale_state_file_says_so_removes_it_and_answers_in_process(
+    pid: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path, url = stale_state(pid)
+    assert main(["chat", "hello there"]) == 0
+    out, err = capsys.readouterr()
+    assert err == (
+        f"switchboard: the state file {path} names {url} but nothing answers there (a gateway "
+        "that did not stop cleanly?); removed it; answering in-process on the embedded "
+        "default\n"
+    )
+    assert not path.exists()
+    assert out.strip().splitlines()[-1].startswith("[local · fake-model · 2 in / 40 out")
+
+
+def test_status_with_a_stale_state_file_says_so_and_removes_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, url = stale_state(DEAD_PID)
+    assert main(["status"]) == 3
+    err = capsys.readouterr().err
+    assert f"the state file {path} names {url} but nothing answers there" in err
+    assert "removed it; no running gateway found: start one with `switchboard serve`" in err
+    assert len(err.splitlines()) == 1
+    assert not path.exists()
+
+
+def test_a_state_file_whose_port_accepts_is_kept(capsys: pytest.CaptureFixture[str]) -> None:
+    """Something listens there but is no gateway (a web server answering 404): not proof of
+    a dead gateway, so the file stays, and the error names where the URL came from."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+
+        def not_found() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=not_found, daemon=True)
+        thread.start()
+        path = write_state(f"ws://127.0.0.1:{port}", "t0ken")
+        assert main(["status"]) == 3
+        thread.join(timeout=5)
+    err = capsys.readouterr().err
+    assert "refused the WebSocket upgrade with HTTP 404" in err
+    assert f"(the URL is from the state file {path})" in err
+    assert "nothing answers there" not in err
+    assert path.exists()
+
+
+def test_an_explicit_url_never_touches_the_state_file(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path, _ = stale_state(DEAD_PID)
+    assert main(["chat", "--url", f"ws://127.0.0.1:{closed_port()}", "hi"]) == 3
+    assert "nothing answers there" not in capsys.readouterr().err
+    assert path.exists()
+
+
+def test_only_local_addresses_can_prove_a_state_file_stale() -> None:
+    for host in ["127.0.0.1", "127.1.2.3", "::1", "localhost", "0.0.0.0", "::"]:
+        assert _cli._is_local(host), host
+    for host in ["10.0.0.5", "192.0.2.1", "example.com", "2001:db8::1"]:
+        assert not _cli._is_local(host), host
+
+
+def test_check_names_file_key_and_expectation_for_max_connections(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for value, expected in [
+        ("0", "expected int >= 1, got 0"),
+        ("-1", "expected int >= 1, got -1"),
+        ('"x"', "expected int, got str"),
+    ]:
+        bad = tmp_path / "gateway.toml"
+        bad.write_text(f"[gateway]\nmax_connections = {value}\n")
+        assert main(["check", str(bad)]) == 1
+        err = capsys.readouterr().err
+        assert f"{bad}: 1 problem(s)" in err
+        assert f"gateway.max_connections: {expected}" in err
+    good = tmp_path / "good.toml"
+    good.write_text("[gateway]\nmax_connections = 2\n")
+    assert main(["check", str(good)]) == 0
 
 
 def test_state_prefers_xdg_runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
