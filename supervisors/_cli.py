@@ -145,7 +145,7 @@ async def _nothing_listens(url: str) -> bool:
     except OSError as exc:  # trio groups the errors of every address it tried
         cause = exc.__cause__
         errors = list(cause.exceptions) if isinstance(cause, BaseExceptionGroup) else [exc]
-        return all(isinstance(e, ConnectionRefusedError) for e in errors)
+        return bool(errors) and all(isinstance(e, ConnectionRefusedError) for e in errors)
     await stream.aclose()
     return False
 
