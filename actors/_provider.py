@@ -30,6 +30,32 @@ token (streamed: the first event; non-streamed: the whole body) and inter-chunk 
 any body byte arrived, streamed or not) - trio cancel scopes, which also work with in-memory
 transports that httpx timeouts do not reach.
 
+**What a timeout says.** A timeout names the limit that fired and its value (``no first
+token within 3s (timeouts.first_token)``, ``stream stalled: no data for 5s (timeouts.stall)``,
+``connect timed out after 10s (timeouts.connect)``). When the request's own deadline (the
+total budget) ends an attempt, the ``deadline`` failure says how many attempts were made on
+this connection, how far the last one got (no response yet, no first token yet, streaming)
+and what the attempt before it hit - never just "the deadline passed".
+
+**Silent attempts.** An attempt is *silent* when the request went out and no response head
+came back: a timeout before the head, or the provider closing the connection before the head
+(a reset, or a clean close: httpx's ``ReadError`` / ``RemoteProtocolError``) - at once or
+after minutes of silence alike, since either way this target took the request and did not
+answer it, and waiting through the silence again is the expensive part. Its kind stays what
+it is (``timeout``; ``connection`` for a close, whose message says it came with no response)
+so metrics and breakers see the real signal. What changes is retrying: when the router says a
+fallback exists (`Call.failover_available`), a silent attempt ends this connection's attempts
+so the router fails over at once; alone, the connection retries it with backoff as before.
+Failing to connect at all (``ConnectError``) or losing the connection while still writing the
+request is not silent: the provider never had the request, and a retry is cheap.
+
+**Secrets never leave.** Providers and proxies echo credentials in error bodies ("Incorrect
+API key provided: sk-..."), and httpx errors quote URLs. Each generation holds a `Redactor`
+built from its config (API key, credential headers, credential query parameters; see
+`protocol._classify`), and every `Failure` a request ends with - provider messages, decoded
+error events, translated exceptions, crash descriptions - passes through it before it is
+resolved, so callers, the router, the gateway, logs and metrics only ever see redacted text.
+
 **Bodies end cleanly.** A finished stream's trailing bytes are drained (bounded) so the HTTP
 connection can be reused, and a body abandoned early is finished inside a cancelled scope
 (`_discard`) so no async generator of httpx's chain is left to the garbage collector.
@@ -61,6 +87,7 @@ import msgspec
 import trio
 
 from protocol._accumulate import StreamAccumulator
+from protocol._classify import Redactor
 from protocol._config import ConnectionConfig, Price
 from protocol._dialect import Dialect, HttpRequest, dialect_for
 from protocol._errors import ErrorKind, ProtocolError, parks_limiter
@@ -95,9 +122,10 @@ Reply = Completion | Embeddings | Failure
 class Call(msgspec.Struct, frozen=True):
     """What a `ProviderActor` is asked: *request* sent to *model* (a provider model name).
 
-    ``failover_available`` tells the connection another target exists: a silent attempt (a
-    timeout before any response byte) then ends this connection's attempts instead of being
-    retried, so the router can fail over without waiting through the retry schedule.
+    ``failover_available`` tells the connection another target exists: a silent attempt (no
+    response head: a timeout, or the provider closing the connection; see the module header)
+    then ends this connection's attempts instead of being retried, so the router can fail
+    over without waiting through the retry schedule.
     """
 
     request: ChatRequest | EmbedRequest
@@ -138,12 +166,13 @@ def deadline_after(budget: float) -> float:
 class _Generation:
     """What a request captures when it starts: config and the policies derived from it."""
 
-    __slots__ = ("config", "dialect", "retry")
+    __slots__ = ("config", "dialect", "redactor", "retry")
 
     def __init__(self, config: ConnectionConfig) -> None:
         self.config = config
         self.dialect: Dialect = dialect_for(config.provider)
         self.retry = RetryPolicy(config.retry)
+        self.redactor = Redactor.for_connection(config)
 
 
 _SSL: ssl.SSLContext | None = None
@@ -544,13 +573,22 @@ class _Attempt:
         "deltas",
         "emitted",
         "first_token_at",
+        "number",
+        "previous",
         "rate",
         "sent",
+        "silent",
         "status",
         "usage",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, number: int = 1, previous: Failure | None = None) -> None:
+        self.number = number
+        """Which attempt of the request this is (1-based)."""
+        self.previous = previous
+        """How the attempt before this one failed (``None`` for the first)."""
+        self.silent = False
+        """The request went out and no response head came back (see the module header)."""
         self.deltas = 0
         self.sent = False
         self.body_started = False
@@ -652,6 +690,27 @@ class _Ticket:
     __slots__ = ()
 
 
+_CLOSED_BEFORE_HEAD = (httpx.ReadError, httpx.RemoteProtocolError)
+"""httpx errors that, before the response head, mean the request went out and the provider
+closed the connection instead of answering (a reset; a clean close)."""
+
+
+def _attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
+
+
+def _progress(state: _Attempt, streamed: bool) -> str:
+    """How far an attempt got, for a deadline failure."""
+    if not state.sent:
+        return "the request was not sent yet"
+    if state.status is None:
+        return "no response yet"
+    if state.first_token_at is None:
+        got = "no first token" if streamed else "the body was not complete"
+        return f"HTTP {state.status}, {got} yet"
+    return f"streaming, {state.deltas} deltas received"
+
+
 def _describe(exc: BaseException) -> str:
     leaf = first_error(exc)
     text = str(leaf).strip()
@@ -691,13 +750,14 @@ class ProviderActor:
                     nursery.start_soon(self._serve, envelope, pool, in_flight, slots, ticket)
         except BaseException as exc:
             cancelled = only_cancelled(exc)
+            redactor = conn._generation.redactor
             for envelope in in_flight:
                 envelope.resolve(
                     Failure.of(
                         ErrorKind.CANCELLED if cancelled else ErrorKind.CRASHED,
                         f"connection {conn.name!r} was shut down"
                         if cancelled
-                        else f"connection {conn.name!r} crashed: {_describe(exc)}",
+                        else f"connection {conn.name!r} crashed: {redactor.text(_describe(exc))}",
                         connection=conn.name,
                         model=envelope.request.model,
                         request_id=envelope.request.request.request_id,
@@ -742,6 +802,9 @@ class ProviderActor:
         mailbox = conn.mailbox
         conn.metrics.requests += 1
         call = envelope.request
+        # The generation `_execute` will capture (no checkpoint in between): its secrets are
+        # the ones this request sends, and so the ones a provider may echo.
+        redactor = conn._generation.redactor
         if envelope.abandoned:
             result: Reply = self._failure(
                 call, ErrorKind.CANCELLED, "the caller went away before the request started"
@@ -760,6 +823,8 @@ class ProviderActor:
                 result = await self._execute(envelope, pool)
             if scope.cancelled_caught:
                 result = self._failure(call, ErrorKind.CANCELLED, "the caller went away")
+        if isinstance(result, Failure):
+            result = redactor.failure(result)
         envelope.resolve(result)
         conn.metrics.record_outcome(result.kind if isinstance(result, Failure) else None)
 
@@ -783,6 +848,7 @@ class ProviderActor:
         estimate = _estimate_tokens(call.request, gen.config)
         total = Usage()
         attempt = 0
+        last: Failure | None = None
         while True:
             attempt += 1
             # The machines this attempt uses, held to its end: an `override` may replace the
@@ -792,10 +858,13 @@ class ProviderActor:
             try:
                 grant = await admission.admit(estimate, deadline=deadline)
             except AdmissionTimeout as exc:
+                message = f"deadline passed waiting for rate-limit capacity on {conn.name!r}"
+                if last is not None:
+                    message += f" after {_attempts(attempt - 1)}; last: {last.message}"
                 return self._failure(
                     call,
                     ErrorKind.DEADLINE,
-                    f"deadline passed waiting for rate-limit capacity on {conn.name!r}",
+                    message,
                     retry_after=exc.retry_after,
                     attempts=attempt - 1,
                     usage=total,
@@ -817,7 +886,7 @@ class ProviderActor:
                 conn.budget.record_attempt(now, retry=False)
             else:
                 conn.metrics.retries += 1
-            state = _Attempt()
+            state = _Attempt(attempt, last)
             outcome: Completion | Embeddings | Failure | None = None
             try:
                 outcome = await self._attempt(gen, call, envelope, pool, state)
@@ -837,12 +906,7 @@ class ProviderActor:
                 emitted=state.emitted,
                 rng=conn.rng,
             )
-            if (
-                decision.retry
-                and call.failover_available
-                and outcome.kind is ErrorKind.TIMEOUT
-                and state.status is None
-            ):
+            if decision.retry and call.failover_available and state.silent:
                 decision = msgspec.structs.replace(
                     decision, retry=False, reason="silent target: failing over instead"
                 )
@@ -872,6 +936,7 @@ class ProviderActor:
                     usage=total,
                     retryable=outcome.retryable and not state.emitted,
                 )
+            last = outcome
             await trio.sleep(decision.delay)
 
     def _finish(
@@ -1044,15 +1109,34 @@ class ProviderActor:
                 at, what = stall_at, "stall"
         return at, what
 
-    def _timeout_failure(self, gen: _Generation, call: Call, what: str, state: _Attempt) -> Failure:
+    def _timeout_failure(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        what: str,
+        state: _Attempt,
+    ) -> Failure:
+        """The failure for a limit that ended the attempt: which limit, its value, and for
+        the request's deadline what the attempts got to (see the module header)."""
         t = gen.config.timeouts
+        streamed = envelope.stream is not None
+        state.silent = state.status is None
         if what == "deadline":
-            message = "the request's deadline passed"
+            spent = trio.current_time() - envelope.enqueued_at
+            message = (
+                f"deadline passed after {_attempts(state.number)} on {self.connection.name!r} "
+                f"in {spent:.1f}s; attempt {state.number}: {_progress(state, streamed)}"
+            )
+            if state.previous is not None:
+                message += f"; attempt {state.number - 1}: {state.previous.message}"
             return self._failure(call, ErrorKind.DEADLINE, message, usage=state.usage)
         if what == "first_token":
-            message = f"no first token within {t.first_token:g}s"
+            got = "first token" if streamed else "answer"
+            message = f"no {got} within {t.first_token:g}s (timeouts.first_token)"
         else:
-            message = f"stream stalled: no data for {t.stall:g}s"
+            body = "stream" if streamed else "response"
+            message = f"{body} stalled: no data for {t.stall:g}s (timeouts.stall)"
         return self._failure(call, ErrorKind.TIMEOUT, message, usage=state.usage)
 
     async def _exchange(
@@ -1088,6 +1172,7 @@ class ProviderActor:
                 with trio.move_on_at(at) as scope:
                     response = await client.send(request, stream=True)
                     head = True
+                    state.status = response.status_code
                     try:
                         await response.aread()
                     finally:
@@ -1096,12 +1181,12 @@ class ProviderActor:
                                 close_scope.shield = True
                                 await response.aclose()
                 if scope.cancelled_caught:
-                    return self._timeout_failure(gen, call, what, state)
+                    return self._timeout_failure(gen, call, envelope, what, state)
                 return self._complete(gen, call, response, state)
             with trio.move_on_at(at) as scope:
                 response = await client.send(request, stream=True)
             if scope.cancelled_caught:
-                return self._timeout_failure(gen, call, what, state)
+                return self._timeout_failure(gen, call, envelope, what, state)
             # From here on a broken connection cut a response: ``stream_interrupted``.
             head = True
             chunks = response.aiter_bytes()
@@ -1126,7 +1211,7 @@ class ProviderActor:
                             state.body_started = True
                             parts.append(chunk)
                     if body_scope.cancelled_caught:
-                        return self._timeout_failure(gen, call, what, state)
+                        return self._timeout_failure(gen, call, envelope, what, state)
                     return self._parse(gen, call, response, b"".join(parts), state)
                 return await self._relay(gen, call, envelope, chunks, state, started)
             finally:
@@ -1140,7 +1225,36 @@ class ProviderActor:
             if not is_httpx_error(exc):
                 raise
             failure = failure_from_exception(exc, streaming=head)
-            return msgspec.structs.replace(failure, usage=state.usage)
+            if head:
+                return msgspec.structs.replace(failure, usage=state.usage)
+            return self._before_head(gen, exc, failure, state, started)
+
+    def _before_head(
+        self,
+        gen: _Generation,
+        exc: Exception,
+        failure: Failure,
+        state: _Attempt,
+        started: float,
+    ) -> Failure:
+        """An httpx error before the response head: a connect timeout names its limit; a
+        connection the provider closed after taking the request is a silent attempt (see the
+        module header) and says so."""
+        connect = gen.config.timeouts.connect
+        if isinstance(exc, httpx.ConnectTimeout) and connect is not None:
+            failure = msgspec.structs.replace(
+                failure, message=f"connect timed out after {connect:g}s (timeouts.connect)"
+            )
+        if failure.kind is ErrorKind.TIMEOUT:
+            state.silent = True
+        elif isinstance(exc, _CLOSED_BEFORE_HEAD):
+            state.silent = True
+            waited = trio.current_time() - started
+            failure = msgspec.structs.replace(
+                failure,
+                message=f"no response {waited:.1f}s after the request was sent: {failure.message}",
+            )
+        return msgspec.structs.replace(failure, usage=state.usage)
 
     def _complete(
         self, gen: _Generation, call: Call, response: httpx.Response, state: _Attempt
@@ -1248,7 +1362,7 @@ class ProviderActor:
                             call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage
                         )
         if result is None:
-            return self._timeout_failure(gen, call, what, state)
+            return self._timeout_failure(gen, call, envelope, what, state)
         await self._drain(gen, envelope, chunks, state, started)
         return result
 

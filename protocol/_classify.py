@@ -5,16 +5,31 @@ calls `classify`, so the mapping from HTTP semantics to our taxonomy is written 
 evidence: the provider's explicit error type/code wins (Anthropic ``overloaded_error`` on a
 200 stream, OpenAI ``context_length_exceeded`` on a 400), then well-known message phrases
 (providers disagree on codes but agree on words), then the status code.
+
+**Redaction.** Providers and proxies echo what they were sent: a 401 body reads "Incorrect API
+key provided: sk-...", a proxy repeats the ``Authorization`` header, an httpx error quotes a
+URL with its ``?key=``. Such text becomes a `Failure` message that reaches callers, gateway
+clients, logs and `RequestFailed`. So every connection builds one `Redactor` from its config
+(`secrets_of`: the API key, the values of credential headers - also the token of a
+``Bearer <token>`` value - and credential query parameters of ``base_url``), and every
+`Failure` leaving the connection passes through it. It replaces each secret wherever it
+appears (inside longer strings too) and also any run of `MIN_ECHO` or more characters shared
+with a secret (a truncated or partly masked echo). What it leaves shows at most a recognisable
+scheme prefix such as ``sk-``: ``sk-…[redacted]``. Values shorter than `MIN_SECRET` are not
+looked for: they would garble every message and protect nothing.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+import urllib.parse
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import msgspec
 
+from ._config import ConnectionConfig
+from ._dialect import _REDACTED_HEADERS
 from ._errors import ErrorKind
 from ._messages import Failure, Usage
 from ._ratelimit import parse_retry_after
@@ -194,3 +209,110 @@ def _numeric_retry_after(headers: Mapping[str, str]) -> float | None:
     if delay is not None and delay > 10 * 365 * 86400:
         return None
     return delay
+
+
+# --------------------------------------------------------------------------- redaction
+
+REDACTED = "[redacted]"
+MIN_SECRET = 4
+"""Secrets shorter than this are not looked for (see the module header)."""
+MIN_ECHO = 8
+"""A run of this many characters (or more) shared with a secret counts as an echo of it."""
+
+_CREDENTIAL_NAME = re.compile(
+    r"auth|key|token|secret|passw|signature|\bsig\b|cookie|credential", re.IGNORECASE
+)
+_SCHEME_VALUE = re.compile(r"\s*(?:bearer|basic|token|apikey|api-key|key)\s+(\S+)\s*", re.I)
+_SHOWN_PREFIX = re.compile(r"[A-Za-z]{2}-")
+
+
+def secrets_of(conn: ConnectionConfig) -> tuple[str, ...]:
+    """The secret values a connection sends: its API key, the values of its credential
+    headers (``Authorization``, ``x-api-key``, ``api-key``, ``x-goog-api-key``,
+    ``proxy-authorization`` and any header whose name says key, token, secret, auth...; of a
+    ``Bearer <token>`` value the token, so the scheme word stays readable), and the
+    credential query parameters and password of its ``base_url``."""
+    found: list[str] = []
+    if conn.api_key:
+        found.append(conn.api_key.reveal())
+    for name, value in conn.headers.items():
+        if name.lower() in _REDACTED_HEADERS or _CREDENTIAL_NAME.search(name):
+            scheme = _SCHEME_VALUE.fullmatch(value)
+            found.append(scheme.group(1) if scheme else value)
+    parts = urllib.parse.urlsplit(conn.base_url)
+    for name, value in urllib.parse.parse_qsl(parts.query):
+        if _CREDENTIAL_NAME.search(name):
+            found.append(value)
+    if parts.password:
+        found.append(parts.password)
+    return tuple(found)
+
+
+class Redactor:
+    """Removes a fixed set of secrets from text (see the module header). Immutable; cheap to
+    call when the text holds none of them."""
+
+    __slots__ = ("_secrets", "_seeds")
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        unique = {s for s in secrets if len(s) >= MIN_SECRET}
+        # Longest first: a secret that contains another (a header value "Bearer <key>") is
+        # replaced whole.
+        self._secrets = tuple(sorted(unique, key=lambda s: (-len(s), s)))
+        self._seeds = frozenset(
+            s[i : i + MIN_ECHO] for s in self._secrets for i in range(len(s) - MIN_ECHO + 1)
+        )
+
+    @classmethod
+    def for_connection(cls, conn: ConnectionConfig) -> Redactor:
+        return cls(secrets_of(conn))
+
+    def __bool__(self) -> bool:
+        return bool(self._secrets)
+
+    def __repr__(self) -> str:
+        return f"Redactor(<{len(self._secrets)} secrets>)"
+
+    def text(self, text: str) -> str:
+        """*text* with every secret, and every echo of part of one, replaced."""
+        if not self._secrets or not text:
+            return text
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, _mask(secret))
+        return self._partial(text) if self._seeds else text
+
+    def _partial(self, text: str) -> str:
+        seeds = self._seeds
+        out: list[str] = []
+        start = i = 0
+        end = len(text) - MIN_ECHO
+        while i <= end:
+            if text[i : i + MIN_ECHO] not in seeds:
+                i += 1
+                continue
+            j = i + MIN_ECHO
+            while j < len(text) and any(text[i : j + 1] in s for s in self._secrets):
+                j += 1
+            out.append(text[start:i])
+            out.append(REDACTED)
+            start = i = j
+        if not out:
+            return text
+        out.append(text[start:])
+        return "".join(out)
+
+    def failure(self, failure: Failure) -> Failure:
+        """*failure* with its message and code redacted (the same object when clean)."""
+        if not self._secrets:
+            return failure
+        message = self.text(failure.message)
+        code = self.text(failure.code) if failure.code else failure.code
+        if message == failure.message and code == failure.code:
+            return failure
+        return msgspec.structs.replace(failure, message=message, code=code)
+
+
+def _mask(secret: str) -> str:
+    prefix = _SHOWN_PREFIX.match(secret)
+    return f"{prefix.group(0)}…{REDACTED}" if prefix and len(secret) >= 16 else REDACTED

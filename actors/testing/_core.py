@@ -530,7 +530,7 @@ class ProviderCore:
         name = fault.name
         # -- faults that never reach a 200: not charged to the budget
         if isinstance(fault, ResetBeforeHeaders):
-            return log(name, None, [Reset()])
+            return log(name, None, [Pause(fault.after_s), Reset()] if fault.after_s else [Reset()])
         if isinstance(fault, NoResponse):
             return log(name, None, [Hang()])
         if isinstance(fault, RateLimited):

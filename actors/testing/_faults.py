@@ -146,7 +146,15 @@ class PrefillRejected(_Fault, frozen=True, tag="prefill_rejected"):
 
 class ResetBeforeHeaders(_Fault, frozen=True, tag="reset_before_headers"):
     """The connection is dropped before any byte of the response (httpx:
-    ``RemoteProtocolError("Server disconnected without sending a response.")``)."""
+    ``RemoteProtocolError("Server disconnected without sending a response.")``).
+
+    ``after_s`` > 0 makes it "silent, then close": the request is accepted and nothing is
+    sent for ``after_s`` seconds before the connection is dropped."""
+
+    after_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _nonnegative(self.after_s, "after_s")
 
 
 class NoResponse(_Fault, frozen=True, tag="no_response"):
