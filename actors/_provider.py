@@ -103,6 +103,7 @@ from protocol._messages import (
     UsageUpdate,
 )
 from protocol._ratelimit import RateLimitInfo, parse_rate_limit_headers
+from protocol._validate import refusal
 
 from ._admission import Admission, AdmissionTimeout
 from ._breaker import Breaker, BreakerSnapshot, BreakerState, Permit
@@ -349,9 +350,13 @@ class Connection:
         self, request: ChatRequest, *, model: str | None = None, timeout: float | None = None
     ) -> Completion | Failure:
         """Send *request* (non-streamed) and return its one terminal result. *model*
-        overrides ``request.model`` (aliases resolve through the connection's ``models``)."""
+        overrides ``request.model`` (aliases resolve through the connection's ``models``).
+        An unsound request gets a ``bad_request`` failure at once."""
+        refused = refusal(request, model_required=False)
+        if refused is not None:
+            return refused
         deadline = self._deadline(request, timeout)
-        result = await self.ask(self._call(request, model), deadline=deadline)
+        result = await self._enqueue(self._call(request, model), deadline)
         assert not isinstance(result, Embeddings)
         return result
 
@@ -359,13 +364,23 @@ class Connection:
         self, request: EmbedRequest, *, model: str | None = None, timeout: float | None = None
     ) -> Embeddings | Failure:
         """Compute embeddings through the same pipeline as chat."""
+        refused = refusal(request, model_required=False)
+        if refused is not None:
+            return refused
         deadline = self._deadline(request, timeout)
-        result = await self.ask(self._call(request, model), deadline=deadline)
+        result = await self._enqueue(self._call(request, model), deadline)
         assert not isinstance(result, Completion)
         return result
 
     async def ask(self, call: Call, *, deadline: float) -> Reply:
-        """The raw request/reply: enqueue *call*, wait for its one result."""
+        """The raw request/reply: enqueue *call*, wait for its one result. An unsound request
+        is refused here (``bad_request``), before it can reach the actor."""
+        refused = refusal(call.request, model_required=False)
+        if refused is not None:
+            return refused
+        return await self._enqueue(call, deadline)
+
+    async def _enqueue(self, call: Call, deadline: float) -> Reply:
         envelope: ProviderEnvelope = Envelope(call, deadline=deadline)
         try:
             await self.mailbox.put(envelope)
@@ -424,16 +439,25 @@ class Connection:
     ) -> AsyncIterator[ReplyStream]:
         """Stream *request*: ``async with conn.stream(req) as s: async for ev in s: ...``,
         then ``s.result`` is the `Completion` or `Failure`. Leaving the block early cancels
-        the upstream request (its usage is still recorded)."""
-        call = self._call(request, model)
-        if failover_available:
-            call = msgspec.structs.replace(call, failover_available=True)
-        if deadline is None:
-            deadline = self._deadline(request, timeout)
+        the upstream request (its usage is still recorded). An unsound request ends at once
+        with a ``bad_request`` failure."""
+        refused = refusal(request, model_required=False)
+        if refused is not None:
+            call = Call(request, refused.model)
+            deadline = trio.current_time()
+        else:
+            call = self._call(request, model)
+            if failover_available:
+                call = msgspec.structs.replace(call, failover_available=True)
+            if deadline is None:
+                deadline = self._deadline(request, timeout)
         send, receive = trio.open_memory_channel[StreamEvent](buffer)
         envelope: ProviderEnvelope = Envelope(call, deadline=deadline, stream=send)
         try:
-            await self.mailbox.put(envelope)
+            if refused is not None:
+                envelope.resolve(refused)
+            else:
+                await self.mailbox.put(envelope)
         except (QueueFull, MailboxClosed) as exc:
             envelope.resolve(self._rejection(exc, call))
         except BaseException:
@@ -1085,6 +1109,15 @@ class ProviderActor:
                 http = dialect.chat_request(request, gen.config, model=call.model, stream=streaming)
         except ProtocolError as exc:
             return exc.failure
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            # Data the door's checks let through but this dialect cannot encode: the
+            # request's problem, never a reason to crash the actor.
+            return self._failure(
+                call,
+                ErrorKind.BAD_REQUEST,
+                f"bad request: {gen.config.provider} cannot encode it "
+                f"({type(exc).__name__}: {exc})",
+            )
         client = pool.checkout()
         try:
             return await self._exchange(gen, call, envelope, client, http, state, streaming)

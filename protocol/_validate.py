@@ -56,20 +56,25 @@ _FORMATS = frozenset({"text", "json_object", "json_schema"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
 
 
-def request_problem(request: object) -> str | None:
+def request_problem(request: object, *, model_required: bool = True) -> str | None:
     """The first thing wrong with *request* (a `ChatRequest` or `EmbedRequest`), as a sentence
-    naming the field and what was expected; ``None`` when it may be sent."""
+    naming the field and what was expected; ``None`` when it may be sent. With
+    *model_required* false an empty ``model`` is sound (a `Connection` called directly reads
+    it as its ``default_model``); the router needs a name to route by."""
     if isinstance(request, ChatRequest):
-        return _chat_problem(request)
+        return _chat_problem(request, model_required)
     if isinstance(request, EmbedRequest):
-        return _embed_problem(request)
+        return _embed_problem(request, model_required)
     return f"expected a ChatRequest or EmbedRequest, got {type(request).__name__}"
 
 
-def refusal(request: ChatRequest | EmbedRequest) -> Failure | None:
-    """The ``bad_request`` `Failure` for an unsound *request*, else ``None``. Its ``model`` and
-    ``request_id`` are the request's own only where those are sound strings."""
-    problem = request_problem(request)
+def refusal(
+    request: ChatRequest | EmbedRequest, *, model_required: bool = True
+) -> Failure | None:
+    """The ``bad_request`` `Failure` for an unsound *request* (see `request_problem`), else
+    ``None``. Its ``model`` and ``request_id`` are the request's own only where those are
+    sound strings."""
+    problem = request_problem(request, model_required=model_required)
     if problem is None:
         return None
     model = getattr(request, "model", "")
@@ -148,9 +153,15 @@ def _json(field: str, value: object) -> str | None:
     return None
 
 
-def _common(request: ChatRequest | EmbedRequest) -> str | None:
+def _model(value: object, required: bool) -> str | None:
+    if not required and value == "":
+        return None
+    return _name("model", value)
+
+
+def _common(request: ChatRequest | EmbedRequest, model_required: bool) -> str | None:
     return (
-        _name("model", request.model)
+        _model(request.model, model_required)
         or _request_id(request.request_id)
         or _timeout(request.timeout)
         or _strings("fallbacks", request.fallbacks, most=MAX_STOP_SEQUENCES, empty_ok=False)
@@ -189,9 +200,9 @@ def _metadata(value: object) -> str | None:
 # --------------------------------------------------------------------------- chat
 
 
-def _chat_problem(request: ChatRequest) -> str | None:
+def _chat_problem(request: ChatRequest, model_required: bool) -> str | None:
     return (
-        _common(request)
+        _common(request, model_required)
         or _messages(request.messages)
         or _int("max_tokens", request.max_tokens, 1, MAX_TOKENS_LIMIT)
         or _number("temperature", request.temperature, 0.0, 2.0)
@@ -325,8 +336,8 @@ def _response_format(value: object) -> str | None:
 # --------------------------------------------------------------------------- embeddings
 
 
-def _embed_problem(request: EmbedRequest) -> str | None:
-    problem = _common(request) or _strings(
+def _embed_problem(request: EmbedRequest, model_required: bool) -> str | None:
+    problem = _common(request, model_required) or _strings(
         "inputs", request.inputs, most=MAX_EMBED_INPUTS, empty_ok=False
     )
     if problem is not None:

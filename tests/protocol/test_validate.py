@@ -212,3 +212,13 @@ def test_a_missing_dictionary_is_named(field: str) -> None:
     problem = request_problem(chat(**{field: None}))
     assert problem is not None
     assert problem.startswith(f"{field} must be")
+
+
+def test_an_empty_model_is_sound_only_where_it_means_the_default() -> None:
+    """A `Connection` reads ``model=""`` as its default_model; the router needs a name."""
+    assert request_problem(chat(model=""), model_required=False) is None
+    assert request_problem(embed(model=""), model_required=False) is None
+    problem = request_problem(chat(model=None), model_required=False)
+    assert problem is not None
+    assert problem.startswith("model must be a non-empty string")
+    assert request_problem(chat(model=""), model_required=True) is not None

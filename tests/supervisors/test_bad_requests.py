@@ -178,7 +178,7 @@ async def one_call(rt: Runtime, how: str, model: Any, messages: Any, extra: dict
                     pass
             result = s.result
     assert isinstance(result, Completion | Embeddings | Failure)
-    problem = request_problem(request)
+    problem = request_problem(request, model_required=how != "direct")
     if problem is not None:
         assert isinstance(result, Failure)
         assert result.kind is ErrorKind.BAD_REQUEST, result
