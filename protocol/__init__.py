@@ -79,10 +79,12 @@ from ._messages import Finished as Finished
 from ._messages import FinishReason as FinishReason
 from ._messages import ImagePart as ImagePart
 from ._messages import Message as Message
+from ._messages import Producer as Producer
 from ._messages import ReasoningDelta as ReasoningDelta
 from ._messages import ResponseFormat as ResponseFormat
 from ._messages import Restart as Restart
 from ._messages import StreamEvent as StreamEvent
+from ._messages import Switched as Switched
 from ._messages import TextDelta as TextDelta
 from ._messages import TextPart as TextPart
 from ._messages import Tool as Tool
@@ -138,6 +140,7 @@ __all__ = [
     "Pong",
     "Preset",
     "Price",
+    "Producer",
     "ProtocolError",
     "ProviderName",
     "RateLimitConfig",
@@ -160,6 +163,7 @@ __all__ = [
     "StreamDecoder",
     "StreamEvent",
     "SwitchboardError",
+    "Switched",
     "Target",
     "TextDelta",
     "TextPart",

@@ -203,13 +203,29 @@ class ToolCall(_Frozen, frozen=True, kw_only=True):
         return msgspec.json.decode(self.arguments or "{}")
 
 
+class Producer(_Frozen, frozen=True, kw_only=True):
+    """One attempt whose text is part of an answer: the connection and model that produced
+    it, the usage it consumed and its estimated cost (``None`` without a configured price)."""
+
+    connection: str
+    model: str = ""
+    usage: Usage = Usage()
+    cost: float | None = None
+
+
 class Completion(_Frozen, frozen=True, kw_only=True):
     """The final answer to a `ChatRequest`.
 
-    ``connection`` and ``model`` name who actually answered (after routing and failover);
-    ``attempts`` counts every attempt across connections; ``latency`` and
-    ``time_to_first_token`` are in seconds; ``cost`` is the estimated cost in the configured
-    currency unit from the connection's prices, or ``None`` when no price is configured.
+    ``connection`` and ``model`` name who actually answered (after routing and failover: for
+    a continued stream, the target that finished it); ``attempts`` counts every attempt across
+    connections; ``latency`` and ``time_to_first_token`` are in seconds; ``cost`` is the
+    estimated cost in the configured currency unit from the connections' prices, or ``None``
+    when no price is configured.
+
+    ``produced_by`` lists, in order, the attempts whose text the answer is made of: one for
+    an ordinary answer, several when a stream was continued on other targets (see `Switched`).
+    ``usage`` and ``cost`` are the sums over them. The router fills it in; it is empty when
+    a connection was asked directly (then ``connection``/``model`` produced everything).
     """
 
     text: str = ""
@@ -225,6 +241,7 @@ class Completion(_Frozen, frozen=True, kw_only=True):
     latency: float | None = None
     time_to_first_token: float | None = None
     cost: float | None = None
+    produced_by: list[Producer] = []
 
 
 class Embeddings(_Frozen, frozen=True, kw_only=True):
@@ -316,7 +333,19 @@ class Restart(_Frozen, frozen=True, kw_only=True, tag="restart", tag_field="type
     model: str = ""
 
 
-StreamEvent = TextDelta | ReasoningDelta | ToolCallDelta | UsageUpdate | Finished | Restart
+class Switched(_Frozen, frozen=True, kw_only=True, tag="switched", tag_field="type"):
+    """The stream continues on another target (an assistant-prefill continuation): **keep**
+    everything received so far; what follows continues it. ``reason`` is why the previous
+    target stopped; ``connection`` and ``model`` name the target that continues."""
+
+    reason: str
+    connection: str = ""
+    model: str = ""
+
+
+StreamEvent = (
+    TextDelta | ReasoningDelta | ToolCallDelta | UsageUpdate | Finished | Restart | Switched
+)
 """What a stream yields. A stream ends with `Finished`, or with a `Failure` (not an event)."""
 
 DecodedItem = TextDelta | ReasoningDelta | ToolCallDelta | UsageUpdate | Finished | Failure
