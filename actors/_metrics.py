@@ -164,6 +164,14 @@ class ConnectionMetrics:
         if cost is not None:
             self._cost[model] = self._cost.get(model, 0.0) + cost
 
+    def record_kept(self, model: str, usage: Usage) -> None:
+        """Count *usage*, recorded as wasted when its attempt failed, as used after all: the
+        router kept that attempt's text in an answer (the prefix of a continued stream)."""
+        row = self._usage.get(model)
+        if row is not None:
+            row[2] -= min(row[2], usage.input_tokens)
+            row[3] -= min(row[3], usage.output_tokens)
+
     def record_outcome(self, kind: ErrorKind | None) -> None:
         """Record how a request ended: ``None`` for a completion."""
         if kind is None:

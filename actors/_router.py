@@ -13,9 +13,17 @@ Choices:
   more names. `connections_for` exposes the same resolution.
 - **Order.** ``priority`` (ascending, then declaration order), ``weighted`` (a weighted random
   permutation), ``least_busy`` (queued + in flight), ``lowest_latency`` (moving average of
-  time to first token; unmeasured targets first, so they get measured). Targets whose breaker
-  is open or whose limiter is parked by a 429 are skipped without spending an attempt; if
-  every target is unavailable the caller gets one failure carrying the earliest retry-after.
+  time to first token; unmeasured targets first, so they get measured).
+- **Waiting for capacity.** Targets whose breaker is open or whose limiter is parked by a
+  429 are set aside without spending an attempt, and taken back, in their place in the
+  order, as soon as they are available again. When no target is available now, the router
+  sleeps (cancellable) until the earliest target that is only out of capacity (parked by a
+  429) is available again, if that is before the request's deadline: rate limits are waited
+  for, as admission waits for capacity. An open breaker is not waited for: it fails fast,
+  which is its purpose (a caller's fallback, such as a cached answer, runs at once). When no
+  target can be tried before the deadline the caller gets one ``circuit_open`` failure
+  carrying the earliest retry-after. A target that was tried and failed is not tried again
+  (its connection already retried as its policy allows).
 - **Failover.** After a connection's own retries, a failure whose kind is in the route's
   ``failover_on`` moves on to the next target; ``context_length`` goes to the route's
   ``context_fallback`` (once); everything else (``bad_request``, ``content_filter``,
@@ -25,9 +33,11 @@ Choices:
   ``mid_stream`` policy: ``fail`` (the typed ``stream_interrupted`` failure with partial
   usage), ``restart`` (a `Restart` event, then the next target from scratch), or
   ``continue`` (an assistant-prefill continuation on a target declared to support prefill,
-  falling back to ``restart`` when none does or when the prefill is rejected: the
-  rejection is never the caller's final error). A continuation's completion carries the
-  whole text (prefix + continuation); its usage is the continuation attempt's.
+  falling back to ``restart`` when none is available or when the prefill is rejected: the
+  rejection is never the caller's final error). The switch is announced just before the
+  new target's first event, naming that target: `Switched` for a continuation (keep the
+  text), `Restart` for a restart (discard it). A continuation's completion carries the
+  whole text (prefix + continuation).
 - **Hedging.** With ``hedge_after_s`` (seconds, or ``"auto"`` for twice the target's moving
   average time to first token; no hedge until measured), a stream whose first event has not
   arrived in time starts the next target too (at once if the first fails before that); the
@@ -35,8 +45,17 @@ Choices:
   connection, as wasted). A hedged try is then treated like any other (mid-stream policy).
   Non-streamed requests are not hedged.
 - **Accounting.** The result names the connection and model that answered; ``attempts``
-  counts every attempt on every target; the completion's usage is the winning attempt's only
-  (failed attempts are recorded by their connections as wasted usage, never billed twice).
+  counts every attempt on every target. A completion's ``produced_by`` lists, in order, the
+  attempts whose text it is made of - the winner, preceded for a continued stream by the
+  failed tries whose text became its prefix - and its usage and cost are their sums. Every
+  other attempt (failed before any kept text, restarted over, a hedge's loser) is recorded
+  by its connection as wasted and never billed to the caller; a kept prefix, which its
+  connection recorded as wasted when it failed, is counted back as used there
+  (`ConnectionMetrics.record_kept`), so metrics and results agree.
+- **Causes.** A failure names what went wrong. When the deadline ends a request after
+  attempts failed, the ``deadline`` failure says how many attempts on how many targets, the
+  last real cause (``last cause: timeout: no first token within 3s ... on 'a'``) and what
+  the last target was doing when time ran out - never just that the deadline passed.
 """
 
 from __future__ import annotations
@@ -44,8 +63,10 @@ from __future__ import annotations
 import fnmatch
 import math
 import random
-from collections.abc import AsyncIterator, Mapping
+from bisect import insort
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from typing import NamedTuple
 
 import msgspec
 import trio
@@ -59,17 +80,25 @@ from protocol._messages import (
     EmbedRequest,
     Failure,
     Message,
+    Producer,
     Restart,
     StreamEvent,
+    Switched,
     TextDelta,
+    Usage,
 )
+from protocol._validate import refusal
 
+from ._breaker import BreakerState
 from ._groups import unwrapping
+from ._metrics import cost_of, price_for
 from ._provider import Call, Connection, deadline_after
 
 DEFAULT_ROUTE = RouteConfig(targets=[])
 
 STRATEGIES = frozenset({"priority", "weighted", "least_busy", "lowest_latency"})
+
+_REFUSING = frozenset({BreakerState.OPEN, BreakerState.FORCED_OPEN})
 
 # How a model that does not accept an assistant prefill refuses a continuation.
 _PREFILL_REJECTIONS = frozenset({ErrorKind.BAD_REQUEST, ErrorKind.UNSUPPORTED})
@@ -82,6 +111,169 @@ class ResolvedTarget(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     priority: int = 0
     weight: float = 1.0
+
+
+class _Targets:
+    """The targets one request may still try, in order, and those set aside as unavailable
+    (see "Waiting for capacity" in the module header).
+
+    Each target keeps its rank in the original order: a set-aside target that becomes
+    available goes back to its place, ahead of lower-priority ones. Ranks below zero put a
+    target in front of every other (`push_front`)."""
+
+    def __init__(
+        self, connections: Mapping[str, Connection], targets: list[ResolvedTarget], deadline: float
+    ) -> None:
+        self._connections = connections
+        self.deadline = deadline
+        self._queue: list[tuple[int, ResolvedTarget]] = list(enumerate(targets))
+        self._aside: list[tuple[int, ResolvedTarget]] = []
+        self._front = 0
+        self.retry_afters: list[float] = []
+        """Retry-afters the failures of this request carried."""
+
+    def _wait(self, target: ResolvedTarget, now: float) -> float | None:
+        """Seconds until *target* is available (``None``: now; ``inf``: not for this request)."""
+        conn = self._connections.get(target.connection)
+        if conn is None:  # removed while this request was being routed
+            return math.inf
+        return conn.unavailable_for(now)
+
+    def _waitable(self, target: ResolvedTarget, now: float) -> bool:
+        """Whether the router may wait for *target*: it is only out of capacity (its limiter
+        parked by a 429), not refused by its breaker - an open breaker fails fast, which is
+        its purpose (the caller's fallback runs at once)."""
+        conn = self._connections.get(target.connection)
+        return conn is not None and conn.breaker.poll(now) not in _REFUSING
+
+    def _take_back(self, now: float) -> None:
+        """Return set-aside targets that are available again to their places in the queue."""
+        aside: list[tuple[int, ResolvedTarget]] = []
+        for entry in self._aside:
+            wait = self._wait(entry[1], now)
+            if wait is None:
+                insort(self._queue, entry, key=lambda e: e[0])
+            elif math.isfinite(wait):
+                aside.append(entry)
+        self._aside = aside
+
+    def take(
+        self, now: float, prefer: Callable[[ResolvedTarget], bool] | None = None
+    ) -> ResolvedTarget | None:
+        """The first target available now (with *prefer*, the first available one it accepts,
+        if any), removed from the queue; unavailable ones met on the way are set aside. No
+        waiting."""
+        if self._aside:
+            self._take_back(now)
+        queue = self._queue
+        fallback: int | None = None
+        i = 0
+        while i < len(queue):
+            entry = queue[i]
+            wait = self._wait(entry[1], now)
+            if wait is not None:
+                del queue[i]
+                if math.isfinite(wait):
+                    insort(self._aside, entry, key=lambda e: e[0])
+                continue
+            if prefer is None or prefer(entry[1]):
+                del queue[i]
+                return entry[1]
+            if fallback is None:
+                fallback = i
+            i += 1
+        return None if fallback is None else queue.pop(fallback)[1]
+
+    async def next(
+        self, prefer: Callable[[ResolvedTarget], bool] | None = None
+    ) -> ResolvedTarget | None:
+        """The next target to try (see `take`). When none is available now and a set-aside
+        target out of capacity will be available before the deadline, sleep until the first
+        set-aside one is available again. ``None`` when no target can be tried before the
+        deadline."""
+        while True:
+            now = trio.current_time()
+            if now >= self.deadline:
+                return None
+            target = self.take(now, prefer)
+            if target is not None:
+                return target
+            earliest = self.earliest(now)
+            if earliest is None or earliest >= self.deadline:
+                return None
+            # Waiting anyway: wake as soon as any set-aside target is available again.
+            first = self.earliest(now, waitable=False)
+            await trio.sleep_until(earliest if first is None else min(first, earliest))
+
+    def earliest(self, now: float, *, waitable: bool = True) -> float | None:
+        """When the first set-aside target becomes available (absolute), or ``None``; with
+        *waitable*, only targets the router may wait for count (see `_waitable`)."""
+        waits = [
+            self._wait(t, now) for _, t in self._aside if not waitable or self._waitable(t, now)
+        ]
+        finite = [w for w in waits if w is not None and math.isfinite(w)]
+        return now + min(finite) if finite else None
+
+    def more(self) -> bool:
+        """Whether another target may still be tried: one is queued, or a set-aside one
+        becomes available before the deadline."""
+        if self._queue:
+            return True
+        earliest = self.earliest(trio.current_time())
+        return earliest is not None and earliest < self.deadline
+
+    def waits(self) -> list[float]:
+        """Seconds until each set-aside target is available, and the failures' retry-afters."""
+        now = trio.current_time()
+        earliest = self.earliest(now, waitable=False)
+        return [*self.retry_afters, *([] if earliest is None else [earliest - now])]
+
+    def push_front(self, target: ResolvedTarget) -> None:
+        """Try *target* next (before any other, set-aside ones included)."""
+        self._front -= 1
+        self._queue.insert(0, (self._front, target))
+
+    def replace(self, targets: list[ResolvedTarget]) -> None:
+        """Try *targets* instead of everything left (the context-length fallback)."""
+        self._queue = list(enumerate(targets))
+        self._aside = []
+
+
+class _Try(NamedTuple):
+    """How one streamed try (one target, or a hedged pair) went."""
+
+    result: Completion | Failure
+    attempts: int
+    emitted: bool
+    """Events of this try reached the caller."""
+    text: list[str]
+    """The text this try sent to the caller."""
+    failures: list[Failure]
+    """Every failure of the try (a hedged try may have two)."""
+
+
+_Switch = tuple[str, str]
+"""A pending mid-stream switch: (``"continue"`` or ``"restart"``, the reason)."""
+
+
+def _announcement(switch: _Switch | None, target: ResolvedTarget) -> StreamEvent | None:
+    """The event that tells the caller *target* takes over, or ``None``."""
+    if switch is None:
+        return None
+    mode, reason = switch
+    if mode == "continue":
+        return Switched(reason=reason, connection=target.connection, model=target.model)
+    return Restart(reason=reason, connection=target.connection, model=target.model)
+
+
+def _producer(result: Completion) -> Producer:
+    return Producer(
+        connection=result.connection, model=result.model, usage=result.usage, cost=result.cost
+    )
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
 class RouterStream:
@@ -270,15 +462,7 @@ class Router:
                 model=request.model,
                 request_id=request.request_id,
             )
-        timeout = request.timeout
-        if timeout is not None and not (math.isfinite(timeout) and timeout >= 0):
-            return Failure.of(
-                ErrorKind.BAD_REQUEST,
-                f"timeout must be a finite number of seconds >= 0, got {timeout!r}",
-                model=request.model,
-                request_id=request.request_id,
-            )
-        return None
+        return refusal(request)
 
     def _out_of_time(self, request: ChatRequest | EmbedRequest, attempts: int) -> Failure:
         return Failure.of(
@@ -306,7 +490,8 @@ class Router:
     ) -> Failure:
         return Failure.of(
             ErrorKind.CIRCUIT_OPEN,
-            f"every target for {request.model!r} is unavailable (breaker open or rate limited)",
+            f"every target for {request.model!r} is unavailable (breaker open or rate "
+            "limited) and none becomes available before the request's deadline",
             retry_after=min(waits) if waits else None,
             retryable=True,
             model=request.model,
@@ -330,69 +515,79 @@ class Router:
         prepared = self._prepare(request)
         if isinstance(prepared, Failure):
             return prepared
-        route, targets, deadline = prepared
+        route, ordered, deadline = prepared
+        targets = _Targets(self.connections, ordered, deadline)
         attempts = 0
-        waits: list[float] = []
-        last: Failure | None = None
+        failures: list[Failure] = []
         used_context_fallback = False
-        queue = list(targets)
-        while queue:
-            target = queue.pop(0)
-            conn = self.connections.get(target.connection)
-            if conn is None:  # removed while this request was being routed
-                continue
-            wait = conn.unavailable_for(trio.current_time())
-            if wait is not None:
-                if math.isfinite(wait):
-                    waits.append(wait)
-                continue
-            if trio.current_time() >= deadline:
-                break
-            call = Call(request, target.model, failover_available=bool(queue))
+        while (target := await targets.next()) is not None:
+            conn = self.connections[target.connection]
+            call = Call(request, target.model, failover_available=targets.more())
             result = await conn.ask(call, deadline=deadline)
-            if not isinstance(result, Failure):
+            if isinstance(result, Embeddings):
                 return msgspec.structs.replace(result, attempts=attempts + result.attempts)
+            if isinstance(result, Completion):
+                return msgspec.structs.replace(
+                    result,
+                    attempts=attempts + result.attempts,
+                    produced_by=[_producer(result)],
+                )
             attempts += result.attempts
-            last = result
+            failures.append(result)
             if result.retry_after is not None:
-                waits.append(result.retry_after)
+                targets.retry_afters.append(result.retry_after)
             if (
                 result.kind is ErrorKind.CONTEXT_LENGTH
                 and route.context_fallback
                 and not used_context_fallback
             ):
                 used_context_fallback = True
-                queue = self.targets_for(route.context_fallback)
+                targets.replace(self.targets_for(route.context_fallback))
                 continue
-            if result.kind not in route.failover_on or not queue:
+            if result.kind not in route.failover_on or not targets.more():
                 break
             self.failovers += 1
-        if last is None:
-            if trio.current_time() >= deadline:
-                return self._out_of_time(request, attempts)
-            return self._all_unavailable(request, waits, attempts)
-        return self._final_failure(request, last, waits, attempts, deadline)
+        return self._failed(request, failures, targets, attempts)
 
-    def _final_failure(
+    def _failed(
         self,
         request: ChatRequest | EmbedRequest,
-        last: Failure,
-        waits: list[float],
+        failures: list[Failure],
+        targets: _Targets,
         attempts: int,
-        deadline: float,
     ) -> Failure:
-        """The failure the caller gets: the last one, with every target's attempts; an
-        unavailable last target reports the earliest retry-after of all; a spent deadline
-        is reported as ``deadline`` (naming the last failure)."""
+        """The failure the caller gets when no target produced an answer."""
+        if not failures:
+            if trio.current_time() >= targets.deadline:
+                return self._out_of_time(request, attempts)
+            return self._all_unavailable(request, targets.waits(), attempts)
+        return self._final_failure(failures, targets.waits(), attempts, targets.deadline)
+
+    def _final_failure(
+        self, failures: list[Failure], waits: list[float], attempts: int, deadline: float
+    ) -> Failure:
+        """The last failure, with every target's attempts; an unavailable last target reports
+        the earliest retry-after of all. When the deadline ended the request (it passed, or
+        the last failure is a ``deadline``), the failure is a ``deadline`` that says what the
+        attempts hit: the last failure of another kind, and what the last target was doing
+        when time ran out - a precise cause is never replaced by a generic one."""
+        last = failures[-1]
         if last.kind is ErrorKind.CIRCUIT_OPEN and waits:
             last = msgspec.structs.replace(last, retry_after=min(waits))
-        if trio.current_time() >= deadline and last.kind is not ErrorKind.DEADLINE:
-            last = msgspec.structs.replace(
-                last,
-                kind=ErrorKind.DEADLINE,
-                retryable=False,
-                message=f"deadline passed; last failure: {last.message}",
-            )
+        if trio.current_time() >= deadline or last.kind is ErrorKind.DEADLINE:
+            cause = next((f for f in reversed(failures) if f.kind is not ErrorKind.DEADLINE), None)
+            if cause is not None:
+                tried = len({(f.connection, f.model) for f in failures})
+                message = (
+                    f"deadline passed after {_count(attempts, 'attempt')} on "
+                    f"{_count(tried, 'target')}; last cause: {cause.kind.value}: {cause.message} "
+                    f"on {cause.connection!r}"
+                )
+                if cause is not failures[-1]:
+                    message += f"; at the deadline: {last.message}"
+                last = msgspec.structs.replace(
+                    last, kind=ErrorKind.DEADLINE, retryable=False, message=message
+                )
         return msgspec.structs.replace(last, attempts=attempts)
 
     def _invalid_strategy(
@@ -449,139 +644,163 @@ class Router:
     ) -> Completion | Failure:
         """Theory of operation (one routed stream):
 
-        Targets are tried in order. Each try is one target (`_one_stream`) or, when the
-        route hedges and nothing reached the caller yet, a race of the target and the next
-        available one (`_hedged`). A try ends with a completion (done: for a continuation
-        the completion's text is prefixed with the text the caller already holds), or with
-        a failure, which is then handled by what the caller has seen:
+        Targets are tried in order (`_Targets`: unavailable ones set aside, waited for when
+        nothing else is left). Each try is one target (`_one_stream`) or, when the route
+        hedges and the caller holds nothing, a race of the target and the next available one
+        (`_hedged`). A try ends with a completion (done: for a continuation the completion's
+        text is prefixed with the text the caller already holds, and its usage and cost add
+        up every try in ``produced_by``), or with a failure, which is then handled by what
+        the caller holds:
 
-        - nothing since the last `Restart`: ordinary failover (``failover_on``,
-          ``context_fallback``), exactly as for `chat`;
+        - nothing (or only text a pending restart discards): ordinary failover
+          (``failover_on``, ``context_fallback``), exactly as for `chat`;
         - events: the route's ``mid_stream`` policy - ``fail`` returns the failure,
-          ``restart`` sends `Restart` and runs the original request on the next target,
-          ``continue`` appends the text so far as an assistant message and sends the
-          continuation to the next target that supports prefill (or restarts if none does);
+          ``restart`` runs the original request on the next target, ``continue`` appends the
+          text so far as an assistant message and sends it to the next available target that
+          supports prefill (or restarts if none does);
         - a continuation refused before any event (``bad_request``/``unsupported``: the
           prefill rejection) falls back to ``restart`` on that same target, so the
           rejection is never the caller's final error.
+
+        A switch is pending until a try sends its first event: that event is preceded by
+        `Switched` (continue) or `Restart` (restart) naming the target that sent it.
         """
         prepared = self._prepare(request)
         if isinstance(prepared, Failure):
             return prepared
-        route, targets, deadline = prepared
+        route, ordered, deadline = prepared
+        targets = _Targets(self.connections, ordered, deadline)
         attempts = 0
-        waits: list[float] = []
-        last: Failure | None = None
-        emitted_text: list[str] = []
-        emitted_any = False
+        failures: list[Failure] = []
         used_context_fallback = False
-        queue = list(targets)
-        current = request
+        # The answer the caller holds: the text since the last restart, and the failed tries
+        # that produced it (a continuation's prefix).
+        holding = False
+        emitted_text: list[str] = []
+        kept: list[Producer] = []
+        switch: _Switch | None = None
         prefix = ""
-        while queue:
-            target = queue.pop(0)
+        current = request
+
+        def discard() -> None:
+            nonlocal holding, prefix, current
+            holding = False
+            emitted_text.clear()
+            kept.clear()
+            prefix = ""
+            current = request
+
+        def prefills(target: ResolvedTarget) -> bool:
             conn = self.connections.get(target.connection)
-            if conn is None:
-                continue
-            wait = conn.unavailable_for(trio.current_time())
-            if wait is not None:
-                if math.isfinite(wait):
-                    waits.append(wait)
-                continue
-            if trio.current_time() >= deadline:
+            return conn is not None and conn.config.supports_prefill
+
+        while True:
+            continuing = switch is not None and switch[0] == "continue"
+            target = await targets.next(prefills if continuing else None)
+            if target is None:
                 break
-            partner = None
-            hedge = self._hedge_delay(route, conn) if queue and not emitted_any else None
-            if hedge is not None:
-                partner = self._next_available(queue)
+            conn = self.connections[target.connection]
+            if switch is not None and continuing:
+                if conn.config.supports_prefill:
+                    prefix = "".join(emitted_text)
+                    current = msgspec.structs.replace(
+                        request,
+                        messages=[*request.messages, Message(role="assistant", content=prefix)],
+                    )
+                else:  # no prefill target available: restart instead
+                    discard()
+                    switch = ("restart", switch[1])
+            hedge = self._hedge_delay(route, conn) if not holding else None
+            partner = targets.take(trio.current_time()) if hedge is not None else None
             if partner is not None and hedge is not None:
-                queue.remove(partner)
-                result, n, out, text = await self._hedged(
-                    current, target, partner, deadline, send, hedge, bool(queue)
+                done = await self._hedged(
+                    current, target, partner, deadline, send, hedge, targets.more(), switch
                 )
             else:
-                result, out, text = await self._one_stream(
-                    current, target, deadline, send, bool(queue)
+                done = await self._one_stream(
+                    current, target, deadline, send, targets.more(), switch
                 )
-                n = result.attempts
-            attempts += n
-            emitted_any = emitted_any or out
-            emitted_text.extend(text)
+            result = done.result
+            attempts += done.attempts
+            failures.extend(done.failures)
+            if done.emitted:
+                switch = None  # announced with the try's first event
+                holding = True
+                emitted_text.extend(done.text)
             if not isinstance(result, Failure):
-                if prefix:
-                    result = msgspec.structs.replace(result, text=prefix + result.text)
-                return msgspec.structs.replace(result, attempts=attempts)
-            last = result
+                return self._assemble(result, prefix, kept, attempts)
+            if done.text:
+                kept.append(self._kept(result))
             if result.retry_after is not None:
-                waits.append(result.retry_after)
-            if prefix and not out and result.kind in _PREFILL_REJECTIONS:
+                targets.retry_afters.append(result.retry_after)
+            if prefix and not done.emitted and result.kind in _PREFILL_REJECTIONS:
                 # The continuation was refused: restart the original request on that target.
-                prefix = ""
-                current = request
-                emitted_text.clear()
-                emitted_any = False
-                queue.insert(0, target)
-                await send.send(
-                    Restart(
-                        reason=f"prefill rejected: {result.message}",
-                        connection=target.connection,
-                        model=target.model,
-                    )
-                )
+                targets.push_front(target)
+                discard()
+                switch = ("restart", f"prefill rejected: {result.message}")
                 continue
             if (
                 result.kind is ErrorKind.CONTEXT_LENGTH
                 and route.context_fallback
                 and not used_context_fallback
-                and not emitted_any
+                and not holding
             ):
                 used_context_fallback = True
-                queue = self.targets_for(route.context_fallback)
+                targets.replace(self.targets_for(route.context_fallback))
                 continue
-            if result.kind not in route.failover_on or not queue:
+            if result.kind not in route.failover_on or not targets.more():
                 break
-            if emitted_any and route.mid_stream == "fail":
+            if holding and route.mid_stream == "fail":
                 break
             self.failovers += 1
-            if not emitted_any:
-                continue
-            prefill_target = None
+            if not done.emitted:
+                continue  # nothing new reached the caller: a pending switch stays pending
+            reason = f"{result.kind.value}: {result.message}"
             if route.mid_stream == "continue" and emitted_text:
-                prefill_target = next(
-                    (
-                        t
-                        for t in queue
-                        if (c := self.connections.get(t.connection)) is not None
-                        and c.config.supports_prefill
-                    ),
-                    None,
-                )
-            if prefill_target is not None:
-                queue.remove(prefill_target)
-                queue.insert(0, prefill_target)
-                prefix = "".join(emitted_text)
-                current = msgspec.structs.replace(
-                    request,
-                    messages=[*request.messages, Message(role="assistant", content=prefix)],
-                )
+                switch = ("continue", reason)
             else:
-                nxt = queue[0]
-                await send.send(
-                    Restart(
-                        reason=f"{result.kind.value}: {result.message}",
-                        connection=nxt.connection,
-                        model=nxt.model,
-                    )
-                )
-                emitted_text.clear()
-                emitted_any = False
-                prefix = ""
-                current = request
-        if last is None:
-            if trio.current_time() >= deadline:
-                return self._out_of_time(request, attempts)
-            return self._all_unavailable(request, waits, attempts)
-        return self._final_failure(request, last, waits, attempts, deadline)
+                discard()
+                switch = ("restart", reason)
+        return self._failed(request, failures, targets, attempts)
+
+    def _kept(self, failure: Failure) -> Producer:
+        """A failed try whose text the caller holds, as a producer of the answer: the usage
+        its connection recorded and its cost at that connection's price."""
+        usage = failure.usage or Usage()
+        conn = self.connections.get(failure.connection)
+        price = price_for(conn.config, failure.model) if conn is not None else None
+        return Producer(
+            connection=failure.connection,
+            model=failure.model,
+            usage=usage,
+            cost=cost_of(usage, price),
+        )
+
+    def _assemble(
+        self, result: Completion, prefix: str, kept: list[Producer], attempts: int
+    ) -> Completion:
+        """The caller's completion: *result* after the *kept* tries whose text (*prefix*) it
+        continues. Usage and cost are the sums over all of them, and the kept tries' usage,
+        recorded as wasted when they failed, is counted back as used by their connections."""
+        producers = [*kept, _producer(result)]
+        if not kept:  # the common case: one producer
+            return msgspec.structs.replace(result, attempts=attempts, produced_by=producers)
+        usage = Usage()
+        for p in producers:
+            usage = usage + p.usage
+        costs = [p.cost for p in producers if p.cost is not None]
+        for p in kept:
+            conn = self.connections.get(p.connection)
+            if conn is not None:
+                conn.metrics.record_kept(p.model, p.usage)
+        return msgspec.structs.replace(
+            result,
+            text=prefix + result.text,
+            usage=usage,
+            cost=sum(costs) if costs else None,
+            attempts=attempts,
+            produced_by=producers,
+        )
 
     def _hedge_delay(self, route: RouteConfig, conn: Connection) -> float | None:
         hedge = route.hedge_after_s
@@ -591,13 +810,6 @@ class Router:
             return None if conn.ttft_ewma is None else 2 * conn.ttft_ewma
         return float(hedge)
 
-    def _next_available(self, queue: list[ResolvedTarget]) -> ResolvedTarget | None:
-        now = trio.current_time()
-        for t in queue:
-            if self.connections[t.connection].unavailable_for(now) is None:
-                return t
-        return None
-
     async def _one_stream(
         self,
         request: ChatRequest,
@@ -605,21 +817,27 @@ class Router:
         deadline: float,
         send: trio.MemorySendChannel[StreamEvent],
         failover_available: bool,
-    ) -> tuple[Completion | Failure, bool, list[str]]:
-        """Stream one target into *send*; returns (result, emitted anything, emitted text)."""
+        switch: _Switch | None,
+    ) -> _Try:
+        """Stream one target into *send*, announcing *switch* before its first event."""
         conn = self.connections[target.connection]
         emitted = False
         text: list[str] = []
+        announce = _announcement(switch, target)
         async with conn.stream(
             request, model=target.model, deadline=deadline, failover_available=failover_available
         ) as s:
             async for event in s:
+                if announce is not None:
+                    await send.send(announce)
+                    announce = None
                 if isinstance(event, TextDelta):
                     text.append(event.text)
                 emitted = True
                 await send.send(event)
             result = await s.wait()
-        return result, emitted, text
+        failures = [result] if isinstance(result, Failure) else []
+        return _Try(result, result.attempts, emitted, text, failures)
 
     async def _hedged(
         self,
@@ -630,11 +848,12 @@ class Router:
         send: trio.MemorySendChannel[StreamEvent],
         delay: float,
         more_targets: bool,
-    ) -> tuple[Completion | Failure, int, bool, list[str]]:
+        switch: _Switch | None,
+    ) -> _Try:
         """Race *first* against *second*, started *delay* seconds later (or as soon as
-        *first* ends without an event). The first target to produce an event wins and the
-        other is cancelled (its connection records its usage as wasted). Returns (result,
-        attempts, emitted anything, emitted text)."""
+        *first* ends without an event). The first target to produce an event wins (its first
+        event is preceded by the announcement of *switch*, naming it) and the other is
+        cancelled (its connection records its usage as wasted)."""
         winner: list[str] = []
         results: dict[str, Completion | Failure] = {}
         started: set[str] = set()
@@ -665,6 +884,9 @@ class Router:
                             other = "b" if key == "a" else "a"
                             if other in scopes:
                                 scopes[other].cancel()
+                            announce = _announcement(switch, target)
+                            if announce is not None:
+                                await send.send(announce)
                         if winner[0] != key:
                             break
                         if isinstance(event, TextDelta):
@@ -680,19 +902,15 @@ class Router:
         # A cancelled loser made one attempt that has no result here.
         attempts = sum(r.attempts for r in results.values())
         attempts += sum(1 for key in started if key not in results)
+        failures = [r for k in ("a", "b") if isinstance(r := results.get(k), Failure)]
         if winner and winner[0] in results:
-            return results[winner[0]], attempts, True, texts[winner[0]]
-        failures = [results[k] for k in ("a", "b") if isinstance(results.get(k), Failure)]
+            return _Try(results[winner[0]], attempts, True, texts[winner[0]], failures)
         if failures:
-            return failures[-1], attempts, bool(winner), []
-        return (
-            Failure.of(
-                ErrorKind.CANCELLED,
-                "hedged stream ended without a result",
-                request_id=request.request_id,
-                model=request.model,
-            ),
-            attempts,
-            bool(winner),
-            [],
+            return _Try(failures[-1], attempts, bool(winner), [], failures)
+        cancelled = Failure.of(
+            ErrorKind.CANCELLED,
+            "hedged stream ended without a result",
+            request_id=request.request_id,
+            model=request.model,
         )
+        return _Try(cancelled, attempts, bool(winner), [], [cancelled])

@@ -47,6 +47,7 @@ from protocol._messages import (
     Finished,
     ReasoningDelta,
     Restart,
+    Switched,
     TextDelta,
     ToolCallDelta,
     UsageUpdate,
@@ -64,7 +65,7 @@ __all__ = [
 ChatCall: TypeAlias = Callable[[ChatRequest], Awaitable[Completion | Failure]]
 StreamCall: TypeAlias = Callable[[ChatRequest], AsyncIterable[Any]]
 
-_EVENTS = (TextDelta, ReasoningDelta, ToolCallDelta, UsageUpdate, Restart)
+_EVENTS = (TextDelta, ReasoningDelta, ToolCallDelta, UsageUpdate, Restart, Switched)
 _POLL = 0.005
 
 

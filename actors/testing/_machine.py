@@ -53,8 +53,9 @@
 # - the result carries the request's id; a `Completion` names a connection that can serve the
 #   requested model (its targets, fallbacks and context fallback);
 # - the completion's usage is the usage the fake reported for the winning attempt (the last
-#   attempt of this request that the fake delivered in full on that connection): usage of
-#   failed attempts is never billed to the caller;
+#   attempt of this request that the fake delivered in full on that connection), plus, for a
+#   continued stream, the cut attempts whose text it kept (`Completion.produced_by`): usage
+#   of other failed attempts is never billed to the caller;
 # - a stream's events come before its one result; after its last `Restart` they carry
 #   exactly the completion's text and end with one `Finished` (none for a failure);
 # - while every fake has been healthy since the start (no `SetPlan` with a fault, no
@@ -105,6 +106,7 @@ from protocol._messages import (
     StreamEvent,
     TextDelta,
     TextPart,
+    Usage,
 )
 
 from ._checker import InvariantViolation, Violation
@@ -679,11 +681,16 @@ def _usage_problems(run: RunLog, log: RequestLog, result: Completion) -> list[st
     if not delivered:
         return [f"no attempt on {result.connection!r} delivered an answer, yet it completed"]
     winner = delivered[-1]
-    if result.usage != winner.usage_reported:
+    # A continued stream also bills the cut attempts whose text it kept (`produced_by`, in
+    # order, the winner last).
+    kept = result.produced_by[:-1]
+    expected = sum((p.usage for p in kept), winner.usage_reported or Usage())
+    if result.usage != expected:
+        also = f"; {_usage(expected)} with the attempts it continued" if kept else ""
         return [
             f"completion usage {_usage(result.usage)} is not the winning attempt's "
             f"(arrival {winner.arrival} on {result.connection!r}: "
-            f"{_usage(winner.usage_reported)})"
+            f"{_usage(winner.usage_reported)}{also})"
         ]
     return []
 
