@@ -69,11 +69,13 @@
 # released (cancelled) frees its slot for another. The first failing probe re-opens the
 # breaker at once (the verdict cannot improve). When all probes have succeeded, the breaker
 # closes, unless the probes' slow-call rate reaches `slow_call_rate`, which re-opens it. Each
-# re-opening multiplies the open duration by `open_backoff`, capped at `max_open_s`; entering
-# CLOSED resets it to `open_s`. A stuck half-open (the oldest outstanding probe issued at
-# least `half_open_timeout_s` ago) counts as a failed probe. We measure from the probe, not
-# from entering HALF_OPEN: a half-open period with no traffic is not stuck (the next call
-# simply becomes the probe), and re-opening it would only lengthen the outage for nothing.
+# re-opening multiplies the open duration by `open_backoff`, capped at `max_open_s` (or at
+# `open_s` when that is larger: a long `open_s` is then simply not grown, as Envoy treats a
+# base ejection time above its maximum); entering CLOSED resets it to `open_s`. A stuck
+# half-open (the oldest outstanding probe issued at least `half_open_timeout_s` ago) counts
+# as a failed probe. We measure from the probe, not from entering HALF_OPEN: a half-open
+# period with no traffic is not stuck (the next call simply becomes the probe), and
+# re-opening it would only lengthen the outage for nothing.
 #
 # Epochs and stale permits. Every transition starts a new epoch and clears the window and the
 # probe accounting. A `Permit` carries the epoch it was issued in, and an outcome is recorded
@@ -90,6 +92,22 @@
 #
 # Transitions are queued as `Transition` records; the actor drains them with
 # `drain_transitions()` and turns them into metrics and log records.
+#
+# Default open times (`BreakerConfig`). resilience4j's window defaults are kept, but not its
+# fixed 60 s open time, nor the 30 s doubling to 300 s we had: a connection here almost
+# always sits behind a router with a fallback, so a breaker kept open too long does not
+# protect the caller, it only keeps traffic off a primary that has recovered. A primary down
+# for 60 s was not tried again for the rest of a 76 s run. Now the open time is 5 s, grows
+# by 1.5 per failed probe and stops at 10 s (5, 7.5, 10, 10, ...). What that buys:
+#   - a recovered provider is probed at most 10 s after it recovered (the last failed probe
+#     came at worst just before), and the first call after that is the probe that closes the
+#     breaker, so traffic is back within 10 s plus the wait for the next request and that
+#     request's own time;
+#   - a provider that stays down gets one probe every 10 s, at most six calls a minute, each
+#     a request that fails over like any other;
+#   - a brief outage (a few seconds of 503s) costs 5 s of fallback after the trip.
+# `half_open_timeout_s` (60 s) matches the default request budget, so only a probe that
+# outlives any default deadline counts as stuck; a probe that fails re-opens at once anyway.
 
 from __future__ import annotations
 
@@ -322,8 +340,6 @@ def _validate(config: BreakerConfig) -> None:
         problems.append("open_s must not be negative")
     if config.open_backoff < 1:
         problems.append("open_backoff must be at least 1")
-    if config.max_open_s < config.open_s:
-        problems.append("max_open_s must be at least open_s")
     if config.half_open_probes < 1:
         problems.append("half_open_probes must be at least 1")
     if config.half_open_timeout_s <= 0:
@@ -559,7 +575,8 @@ class Breaker:
         if new is BreakerState.OPEN:
             if old is BreakerState.HALF_OPEN:
                 self._open_duration = min(
-                    self._open_duration * config.open_backoff, config.max_open_s
+                    self._open_duration * config.open_backoff,
+                    max(config.max_open_s, config.open_s),
                 )
             self._open_until = now + self._open_duration
         else:

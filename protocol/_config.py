@@ -133,14 +133,27 @@ BreakerWindow = Literal["count", "time"]
 
 
 class BreakerConfig(_Conf, frozen=True, kw_only=True):
-    """The connection's circuit breaker (semantics of resilience4j's, defaults included).
+    """The connection's circuit breaker (resilience4j's semantics and window defaults).
 
     The window holds the last ``window_size`` calls (``count``) or the calls of the last
     ``window_size`` seconds (``time``). Once it holds ``minimum_calls``, the breaker opens when
     the failure rate or the slow-call rate (calls over ``slow_call_s``) reaches its threshold
     (percent). It stays open ``open_s``, growing by ``open_backoff`` after each failed probe up
-    to ``max_open_s``; then lets ``half_open_probes`` calls through. A half-open state that
-    sees no verdict for ``half_open_timeout_s`` re-opens.
+    to ``max_open_s`` (or ``open_s`` when that is larger: then it does not grow); then lets
+    ``half_open_probes`` calls through. A half-open state whose oldest probe has given no
+    verdict for ``half_open_timeout_s`` re-opens.
+
+    The open-time defaults are chosen for a router with a fallback, where the cost of a
+    closed-too-long breaker is traffic kept off a primary that has recovered, and the cost of a
+    probe is one request (which fails over like any other). ``open_s = 5`` and
+    ``open_backoff = 1.5`` up to ``max_open_s = 10`` probe a down provider after 5, 7.5, then
+    every 10 s: at most six probe calls a minute, no real load on a provider that is
+    struggling; and a primary that recovers is probed, and back in use, within 10 s of
+    recovering plus the wait for the next request and that request's own time. (The old 30 s
+    doubling to 300 s kept a primary that was down for a minute away for over a minute more.)
+    ``half_open_timeout_s`` equals the default request budget (``ConnectionConfig.timeout``),
+    so a healthy but long probe (a long streamed answer) is never taken for a stuck one; a
+    failing probe re-opens the breaker as soon as it fails, whatever this setting.
     """
 
     enabled: bool = True
@@ -150,9 +163,9 @@ class BreakerConfig(_Conf, frozen=True, kw_only=True):
     failure_rate: Percent = 50.0
     slow_call_rate: Percent = 100.0
     slow_call_s: PositiveFloat = 60.0
-    open_s: PositiveFloat = 30.0
-    open_backoff: Annotated[float, msgspec.Meta(ge=1.0)] = 2.0
-    max_open_s: PositiveFloat = 300.0
+    open_s: PositiveFloat = 5.0
+    open_backoff: Annotated[float, msgspec.Meta(ge=1.0)] = 1.5
+    max_open_s: PositiveFloat = 10.0
     half_open_probes: PositiveInt = 1
     half_open_timeout_s: PositiveFloat = 60.0
 

@@ -663,11 +663,6 @@ class _Loader:
                 f"expected at most window_size ({breaker.window_size}) with a count window, "
                 f"got {breaker.minimum_calls}: the breaker could never open",
             )
-        if breaker.open_s > breaker.max_open_s:
-            self.problem(
-                f"{path}.breaker.open_s",
-                f"expected at most max_open_s ({breaker.max_open_s}), got {breaker.open_s}",
-            )
         for header, value in conn.headers.items():
             if not _HEADER_NAME.match(header):
                 self.problem(

@@ -42,6 +42,8 @@ def config(**kwargs: Any) -> BreakerConfig:
         "minimum_calls": 4,
         "failure_rate": 50.0,
         "open_s": 30.0,
+        "open_backoff": 2.0,  # the mechanism under test, not the defaults (see below)
+        "max_open_s": 300.0,
         "half_open_timeout_s": 5.0,
     }
     base.update(kwargs)
@@ -316,6 +318,36 @@ def test_probe_failure_reopens_with_growing_capped_duration() -> None:
     # The next trip uses open_s again.
     tripped(b, now=200.0)
     assert b.snapshot().open_until == 210.0
+
+
+def test_default_open_time_grows_from_5_s_to_a_10_s_cap() -> None:
+    # Issue 10 item 6: a provider that stays down is probed after 5, 7.5, then every 10 s,
+    # so one that recovers is probed at most 10 s later (the old 30 s doubling to 300 s kept
+    # it out for minutes).
+    defaults = BreakerConfig()
+    assert (defaults.open_s, defaults.open_backoff, defaults.max_open_s) == (5.0, 1.5, 10.0)
+    b = tripped(Breaker(BreakerConfig(window_size=4, minimum_calls=4)))
+    assert b.snapshot().open_until == 5.0
+    expected = [(5.0, 7.5, 12.5), (12.5, 10.0, 22.5), (22.5, 10.0, 32.5), (32.5, 10.0, 42.5)]
+    for at, duration, until in expected:
+        p = permit(b, at)
+        b.record_failure(p, at, 0.1, ErrorKind.SERVER_ERROR)
+        snap = b.snapshot()
+        assert (snap.state, snap.open_duration, snap.open_until) == (S.OPEN, duration, until)
+    b.record_success(permit(b, 42.5), 42.5, 0.1)
+    assert b.state is S.CLOSED
+
+
+def test_open_s_above_max_open_s_is_used_without_growth() -> None:
+    # A config that sets only a long open_s (open_s = 30 with the 10 s default cap) is valid:
+    # the open time is open_s and does not grow, as Envoy treats a base ejection time above
+    # its maximum.
+    b = tripped(Breaker(config(open_s=30.0, open_backoff=2.0, max_open_s=10.0)))
+    assert b.snapshot().open_until == 30.0
+    for at in (30.0, 60.0, 90.0):
+        b.record_failure(permit(b, at), at, 0.1, ErrorKind.SERVER_ERROR)
+        snap = b.snapshot()
+        assert (snap.open_duration, snap.open_until) == (30.0, at + 30.0)
 
 
 def test_half_open_timeout_reopens_and_late_probe_is_ignored() -> None:
@@ -612,7 +644,6 @@ def test_automatic_events_only_fire_in_their_own_state() -> None:
         {"failure_rate": 0.0},
         {"slow_call_rate": 101.0},
         {"open_backoff": 0.5},
-        {"open_s": 100.0, "max_open_s": 50.0},
         {"half_open_probes": 0},
         {"half_open_timeout_s": 0.0},
     ],
@@ -665,7 +696,8 @@ class Model:
 
     def go(self, to: BreakerState, now: float) -> None:
         if to is S.OPEN and self.state is S.HALF_OPEN:
-            self.open_for = min(self.open_for * self.c.open_backoff, self.c.max_open_s)
+            cap = max(self.c.max_open_s, self.c.open_s)
+            self.open_for = min(self.open_for * self.c.open_backoff, cap)
         if to is S.CLOSED:
             self.open_for = self.c.open_s
         self.open_until = now + self.open_for if to is S.OPEN else None
@@ -729,7 +761,7 @@ class BreakerMachine(RuleBasedStateMachine):
         slow_call_rate=st.sampled_from([50.0, 100.0]),
         open_s=st.sampled_from([1.0, 2.5, 5.0]),
         open_backoff=st.sampled_from([1.0, 2.0]),
-        extra_open=st.sampled_from([0.0, 7.0]),
+        extra_open=st.sampled_from([-0.5, 0.0, 7.0]),  # -0.5: max_open_s below open_s
         probes=st.integers(1, 3),
         timeout=st.sampled_from([1.0, 3.0]),
         enabled=st.sampled_from([True, True, True, False]),

@@ -24,7 +24,9 @@ ONE_ATTEMPT = RetryConfig(max_attempts=1)
 
 
 async def test_breaker_opens_fails_fast_probes_and_recovers(autojump_clock: Any) -> None:
-    breaker = BreakerConfig(window_size=4, minimum_calls=4, open_s=10.0, open_backoff=2.0)
+    breaker = BreakerConfig(
+        window_size=4, minimum_calls=4, open_s=10.0, open_backoff=2.0, max_open_s=60.0
+    )
     cfg = config("anthropic", breaker=breaker, retry=ONE_ATTEMPT)
     conn, fake = connect(cfg, FaultPlan.flapping(20.0, status=503))
     with trio.fail_after(300):

@@ -533,7 +533,7 @@ def test_cross_field_checks() -> None:
 [connections.openai]
 base_url = "ftp://example.com"
 retry = { initial_delay_ms = 9000, max_delay_ms = 100 }
-breaker = { window_size = 5, minimum_calls = 10, open_s = 500, max_open_s = 100 }
+breaker = { window_size = 5, minimum_calls = 10, open_s = 500, max_open_s = 100 }  # no growth
 headers = { "Bad Header" = "x" }
 models = { empty = "" }
 """
@@ -543,7 +543,6 @@ models = { empty = "" }
         "connections.openai.base_url",
         "connections.openai.retry.initial_delay_ms",
         "connections.openai.breaker.minimum_calls",
-        "connections.openai.breaker.open_s",
         'connections.openai.headers."Bad Header"',
         "connections.openai.models.empty",
     ]

@@ -9,7 +9,15 @@ import trio
 import trio.testing
 
 from actors.testing import FakeTransport, FaultPlan, Latency
-from protocol import ChatRequest, ConfigError, ErrorKind, Message, RequestFailed, loads_config
+from protocol import (
+    BreakerConfig,
+    ChatRequest,
+    ConfigError,
+    ErrorKind,
+    Message,
+    RequestFailed,
+    loads_config,
+)
 from supervisors import open_runtime
 
 TWO = """
@@ -71,8 +79,10 @@ async def test_override_that_breaks_a_cross_field_rule_changes_nothing(
 ) -> None:
     async with open_runtime(loads_config(TWO), transport=FakeTransport()) as rt:
         before = rt.connection("primary").config
+        # A Struct is taken as it is (no msgspec checks): the breaker's own check rejects it.
+        bad = BreakerConfig(minimum_calls=0)
         with pytest.raises(ConfigError):
-            rt.override_connection("primary", base_url="http://other/v1", breaker={"open_s": 600})
+            rt.override_connection("primary", base_url="http://other/v1", breaker=bad)
         assert rt.connection("primary").config == before
 
 

@@ -96,45 +96,49 @@ async def test_flapping_primary_fails_over_then_traffic_returns_after_recovery(
         log.setLevel(old_level)
 
     # t=0: two 503s (0.5 s backoff) open the breaker; the request fails over at 0.5.
-    # t=12 and t=32: the breaker lets a probe through; it fails (the primary is still down),
-    # the open time doubles (10 -> 20 -> 40 s), and since the breaker now refuses, the
-    # connection gives up at once instead of sleeping through a backoff: that request fails
-    # over at the same instant. The primary recovers at t=60; the next probe, at t=72,
-    # succeeds: traffic is back 12 s after recovery (within 30 s).
+    # t=12, 24, 36, 48: the breaker lets a probe through; it fails (the primary is still
+    # down) and the breaker re-opens for 10 s again (open_s = 10 is already the default
+    # max_open_s, so it does not grow); since the breaker now refuses, the connection gives
+    # up at once instead of sleeping through a backoff: that request fails over at the same
+    # instant. The primary recovers at t=60; the probe at t=60 succeeds: traffic is back at
+    # once (never more than 10 s, the cap, plus the 4 s between requests, after recovery).
     expected = []
     for i in range(20):
         sent = 4.0 * i
         if sent == 0.0:
             expected.append((i, sent, "fallback", sent + 0.5))
-        elif sent < 72.0:
+        elif sent < 60.0:
             expected.append((i, sent, "fallback", sent))
         else:
             expected.append((i, sent, "primary", sent))
     assert served == expected
     back = next(at for _, _, who, at in served if who == "primary")
-    assert 60.0 < back <= 60.0 + 30.0
+    assert 60.0 <= back <= 60.0 + 15.0
+    probes = [12.0, 24.0, 36.0, 48.0]
     assert transitions.seen == [
         (0.5, "primary", "closed", "open"),
-        (12.0, "primary", "open", "half_open"),
-        (12.0, "primary", "half_open", "open"),
-        (32.0, "primary", "open", "half_open"),
-        (32.0, "primary", "half_open", "open"),
-        (72.0, "primary", "open", "half_open"),
-        (72.0, "primary", "half_open", "closed"),
+        *[
+            step
+            for t in probes
+            for step in ((t, "primary", "open", "half_open"), (t, "primary", "half_open", "open"))
+        ],
+        (60.0, "primary", "open", "half_open"),
+        (60.0, "primary", "half_open", "closed"),
     ]
-    # The provider saw exactly the probes: 2 attempts at t=0, one each at 12, 32 and 72...
-    assert [a.arrived_at for a in primary.attempts] == [0.0, 0.5, 12.0, 32.0, 72.0, 76.0]
-    assert [a.status for a in primary.attempts] == [503, 503, 503, 503, 200, 200]
-    assert len(fallback.attempts) == 18
+    # The provider saw exactly the probes: 2 attempts at t=0, one at each probe, then traffic.
+    traffic = [60.0, 64.0, 68.0, 72.0, 76.0]
+    assert [a.arrived_at for a in primary.attempts] == [0.0, 0.5, *probes, *traffic]
+    assert [a.status for a in primary.attempts] == [503] * 6 + [200] * 5
+    assert len(fallback.attempts) == 15
     assert [h.breaker for h in final.connections] == ["closed", "closed"]
     snap = metrics.connections["primary"]
     assert snap.breaker_transitions == {
         "closed->open": 1,
-        "open->half_open": 3,
-        "half_open->open": 2,
+        "open->half_open": 5,
+        "half_open->open": 4,
         "half_open->closed": 1,
     }
-    assert metrics.failovers == 3
+    assert metrics.failovers == 5
     assert (metrics.requests, metrics.completions, metrics.failures) == (20, 20, {})
 
 
