@@ -98,6 +98,8 @@ from ._ratelimit import RateLimitInfo as RateLimitInfo
 from ._ratelimit import parse_duration as parse_duration
 from ._ratelimit import parse_rate_limit_headers as parse_rate_limit_headers
 from ._ratelimit import parse_retry_after as parse_retry_after
+from ._validate import refusal as refusal
+from ._validate import request_problem as request_problem
 
 __all__ = [
     "Accepted",
@@ -194,5 +196,7 @@ __all__ = [
     "parse_rate_limit_headers",
     "parse_retry_after",
     "policy",
+    "refusal",
+    "request_problem",
     "secret_enc_hook",
 ]
