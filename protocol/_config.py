@@ -264,15 +264,42 @@ class RouteConfig(_Conf, frozen=True, kw_only=True):
     hedge_after_s: PositiveFloat | Literal["auto"] | None = None
 
 
+BudgetPeriod = Literal["total", "day", "month"]
+
+
+class ClientConfig(_Conf, frozen=True, kw_only=True):
+    """One client of the gateway (a virtual key, ``[gateway.clients.<name>]``): its own
+    bearer token and limits, enforced at every face of the gateway (``actors._client_keys``).
+
+    ``requests_per_minute`` and ``tokens_per_minute`` are token buckets like a connection's
+    (a full minute's worth may burst); a request reserves its prompt estimate plus its
+    ``max_tokens`` and settles with the real usage. ``budget_usd`` caps the estimated spend
+    (the answers' ``cost`` from the connections' ``prices``) per ``budget_period``: ``total``
+    (the life of the process), or the UTC calendar ``day`` or ``month``. Spend is kept in
+    memory: a restart starts it again from zero. ``models`` allows only these model or route
+    names (``fnmatch`` patterns such as ``gpt-4o*``; absent: every model). ``None`` means no
+    limit of that kind."""
+
+    token: Secret
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    budget_usd: NonNegativeFloat | None = None
+    budget_period: BudgetPeriod = "total"
+    models: list[str] | None = None
+
+
 class GatewayConfig(_Conf, frozen=True, kw_only=True):
-    """The WebSocket gateway. ``tokens`` are the accepted bearer tokens (none: no auth, only
-    allowed on loopback hosts). ``max_connections`` bounds the open TCP connections of the
-    whole server: a further one gets HTTP 503 at once, before the WebSocket upgrade."""
+    """The WebSocket gateway. ``tokens`` are the accepted bearer tokens of unlimited clients;
+    ``clients`` are named clients with their own token and limits (no tokens and no clients:
+    no auth, only allowed on loopback hosts). ``max_connections`` bounds the open TCP
+    connections of the whole server: a further one gets HTTP 503 at once, before the
+    WebSocket upgrade."""
 
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     tokens: list[Secret] = []
+    clients: dict[str, ClientConfig] = {}
     max_connections: PositiveInt = 1024
     max_frame_bytes: PositiveInt = 1_048_576
     max_concurrent_per_client: PositiveInt = 64

@@ -505,7 +505,9 @@ class _Loader:
                 ok = False
         for name, field in fields.items():
             if field.required and name not in value:
-                self.problem(_join(path, name), f"missing required key '{name}'")
+                where = _join(path, name)
+                if all(p != where for p, _ in self.problems):  # not said (an unset env())
+                    self.problem(where, f"missing required key '{name}'")
                 ok = False
         out = {}
         for key, item in value.items():
@@ -545,7 +547,7 @@ class _Loader:
         self.check_routes(raw_routes, connections, [str(n) for n in raw_connections])
         gateway: GatewayConfig | None = None
         if "gateway" in data:
-            gateway = self.gateway(self.expand(data["gateway"], "gateway"))
+            gateway = self.gateway(self.expand(data["gateway"], "gateway"), raw_connections)
         settings = RuntimeSettings()
         if "runtime" in data:
             value = self.struct(self.expand(data["runtime"], "runtime"), RuntimeSettings, "runtime")
@@ -733,11 +735,14 @@ class _Loader:
                     f"{_suggest(fallback, [*raw_routes, *served])}",
                 )
 
-    def gateway(self, raw: Any) -> GatewayConfig | None:
+    def gateway(
+        self, raw: Any, raw_connections: Mapping[str, Any] | None = None
+    ) -> GatewayConfig | None:
         if isinstance(raw, dict) and isinstance(raw.get("tokens"), list):
             # An empty token (say, an unset env() with an empty default) must never match.
             raw = {**raw, "tokens": [t for t in raw["tokens"] if t != ""]}
         value = self.struct(raw, GatewayConfig, "gateway")
+        before = len(self.problems)
         if isinstance(raw, dict):
             # Checked on the raw table, so it is reported even when another key is bad.
             default = GatewayConfig()
@@ -745,15 +750,71 @@ class _Loader:
             if (
                 raw.get("enabled", True) is True
                 and not raw.get("tokens")
+                and not raw.get("clients")
                 and isinstance(host, str)
                 and not _is_loopback(host)
             ):
                 self.problem(
                     "gateway.tokens",
-                    f"expected at least one token: a gateway on {host!r} (not loopback) "
-                    "must authenticate its clients",
+                    f"expected at least one token (or a [gateway.clients.<name>]): a gateway "
+                    f"on {host!r} (not loopback) must authenticate its clients",
                 )
+            self.check_clients(raw, raw_connections)
+        if len(self.problems) > before:
+            return None
         return value if isinstance(value, GatewayConfig) else None
+
+    def check_clients(self, raw: dict[str, Any], raw_connections: Mapping[str, Any] | None) -> None:
+        """Cross-checks of ``[gateway.clients.<name>]`` on the raw tables: a token is
+        non-empty, fits an HTTP header and belongs to one client only (never echoed: it is a
+        secret); an allow-list is not empty; a budget has prices to count spend with."""
+        clients = raw.get("clients")
+        if not isinstance(clients, dict):
+            return
+        holder: dict[str, str] = {}  # token -> key path of the first that has it
+        tokens = raw.get("tokens")
+        for i, token in enumerate(tokens if isinstance(tokens, list) else []):
+            text = _token_text(token)
+            if text is not None:
+                holder.setdefault(text, f"gateway.tokens[{i}]")
+        priced = raw_connections is None or any(
+            isinstance(t, dict) and t.get("prices") for t in raw_connections.values()
+        )
+        for name, table in clients.items():
+            if not isinstance(table, dict):
+                continue  # The schema walk reports it.
+            path = _join("gateway.clients", str(name))
+            text = _token_text(table.get("token"))
+            if text == "":
+                self.problem(
+                    f"{path}.token",
+                    "expected a non-empty token (is its environment variable set but empty?)",
+                )
+            elif text is not None and not _wire_safe(text):
+                self.problem(
+                    f"{path}.token",
+                    "expected printable ASCII (the token has a line break or a non-ASCII "
+                    "character; check for a stray newline or a copy-paste artefact)",
+                )
+            elif text is not None and text in holder:
+                self.problem(
+                    f"{path}.token",
+                    f"the same token as {holder[text]}: each client needs its own token",
+                )
+            elif text is not None:
+                holder[text] = path
+            if table.get("models") == []:
+                self.problem(
+                    f"{path}.models",
+                    "expected at least one model name (leave models out to allow every model)",
+                )
+            budget = table.get("budget_usd")
+            if isinstance(budget, int | float) and not isinstance(budget, bool) and not priced:
+                self.problem(
+                    f"{path}.budget_usd",
+                    "expected prices to count spend with: no connection has a "
+                    "[connections.<name>.prices] table, so the budget could never be reached",
+                )
 
 
 def _is_struct(tp: Any) -> typing.TypeGuard[type[msgspec.Struct]]:
@@ -761,6 +822,13 @@ def _is_struct(tp: Any) -> typing.TypeGuard[type[msgspec.Struct]]:
 
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _token_text(value: Any) -> str | None:
+    """The text of a token as written (a string, or a `Secret` from Python), else ``None``."""
+    if isinstance(value, Secret):
+        return value.reveal()
+    return value if isinstance(value, str) else None
 
 
 def _preset_key(name: str) -> str:
