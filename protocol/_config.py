@@ -187,11 +187,27 @@ class Price(_Conf, frozen=True, kw_only=True):
 
 
 class TimeoutConfig(_Conf, frozen=True, kw_only=True):
-    """Time limits of one attempt, in seconds (``None``: no limit of that kind)."""
+    """Time limits of one attempt, in seconds (``None``: no limit of that kind).
+
+    ``connect``: to open the TCP (and TLS) connection. ``first_token``: from the attempt's
+    start to its first output event when streamed (text, reasoning or a tool call), to its
+    whole body when not (a non-streamed answer gives no earlier sign of life). ``stall``: the
+    longest silence between two body chunks, once the body has started.
+
+    Defaults: with no limit, a provider that accepts the request and then says nothing holds
+    it until the request's deadline and no fallback is ever tried. ``first_token = 30`` and
+    ``stall = 30`` fit twice into the default request budget (``ConnectionConfig.timeout``,
+    60 s): a silent target is given up at 30 s and the fallback has the other 30 s. Thirty
+    seconds is far beyond a healthy time to first token (about a second for chat models;
+    models that stream their reasoning show it as they think) and beyond any healthy pause
+    inside a stream. Raise ``first_token`` (or set ``None``) for models that think silently
+    for longer, and for non-streamed answers that take longer than 30 s to generate - and
+    raise the request budget with it.
+    """
 
     connect: PositiveFloat | None = 10.0
-    first_token: PositiveFloat | None = None
-    stall: PositiveFloat | None = None
+    first_token: PositiveFloat | None = 30.0
+    stall: PositiveFloat | None = 30.0
 
 
 class ConnectionConfig(_Conf, frozen=True, kw_only=True):

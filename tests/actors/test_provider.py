@@ -351,7 +351,7 @@ async def test_a_bug_crashes_the_actor_without_hanging_any_caller(
 
 async def test_mailbox_full_wait_gives_queue_full_at_the_deadline(autojump_clock: Any) -> None:
     cfg = config("openai", mailbox=MailboxConfig(capacity=1, when_full="wait"))
-    conn, fake = connect(cfg, FaultPlan.always(Latency(seconds=30.0)))
+    conn, fake = connect(cfg, FaultPlan.always(Latency(seconds=20.0)))
     conn.max_in_flight = 1
     results: list[Completion | Failure] = []
 
@@ -377,7 +377,7 @@ async def test_mailbox_full_wait_gives_queue_full_at_the_deadline(autojump_clock
 
 async def test_mailbox_full_reject_fails_at_once_with_retry_after(autojump_clock: Any) -> None:
     cfg = config("openai", mailbox=MailboxConfig(capacity=1, when_full="reject"))
-    conn, fake = connect(cfg, FaultPlan.always(Latency(seconds=30.0)))
+    conn, fake = connect(cfg, FaultPlan.always(Latency(seconds=20.0)))
     conn.max_in_flight = 1
     with trio.fail_after(120):
         async with serving(conn) as nursery:
@@ -405,7 +405,7 @@ async def test_mailbox_full_reject_fails_at_once_with_retry_after(autojump_clock
 
 
 async def test_expired_requests_are_shed_before_any_attempt(autojump_clock: Any) -> None:
-    conn, fake = connect(config("openai"), FaultPlan.always(Latency(seconds=30.0)))
+    conn, fake = connect(config("openai"), FaultPlan.always(Latency(seconds=20.0)))
     conn.max_in_flight = 1
     results: list[tuple[float, Completion | Failure]] = []
 
@@ -417,7 +417,7 @@ async def test_expired_requests_are_shed_before_any_attempt(autojump_clock: Any)
         async with serving(conn) as nursery:
             nursery.start_soon(ask, 60.0)
             await trio.testing.wait_all_tasks_blocked()
-            nursery.start_soon(ask, 5.0)  # queued behind a 30 s request
+            nursery.start_soon(ask, 5.0)  # queued behind a 20 s request
             await trio.testing.wait_all_tasks_blocked()
             async with conn.stream(chat_request(), timeout=7.0) as s:
                 events = [e async for e in s]
