@@ -1,10 +1,12 @@
-"""CPU cost of a `ProviderActor` request against raw httpx, on one loopback server, one run.
+"""CPU cost of the public path (`open_runtime` → ``rt.chat`` / ``rt.stream``) against raw httpx,
+on one loopback server, in one run.
 
-Why this benchmark: the design promises that going through a provider actor (mailbox,
-admission by the rate limiter, breaker permission, retry bookkeeping, typed decoding, metrics)
-costs at most 1.10x the CPU of the obvious hand-written httpx code per request, and no more
-than it per stream chunk. A promise about overhead is only worth something measured against the
-alternative on the same machine in the same run, so this script measures both.
+Why this benchmark: the design promises that going through the runtime (router, mailbox,
+admission by the rate limiter, breaker permission, retry bookkeeping, typed decoding,
+metrics) costs at most 1.10x the CPU of the obvious hand-written httpx code per request, and
+no more than it per stream chunk. A promise about overhead is only worth something measured
+against the alternative on the same machine in the same run, and on the path users call, so
+this script measures exactly that.
 
 What is measured: CPU seconds of *this* process (``time.process_time``; the server runs in
 its own process, ``bench/_loopback.py``, so its CPU is never counted) divided by the number of
@@ -14,22 +16,28 @@ requests, for every configuration:
   chunk paced by the server so it arrives in its own socket read, as tokens do);
 - concurrency 1 (one task, requests back to back) and 32 (32 tasks sharing the work);
 - clients:
-  (a) raw ``httpx.AsyncClient`` on trio: ``client.post(url, json=...)`` then
-      ``json.loads(resp.content)``; for streams ``client.stream(...)``, ``aiter_bytes``, split
-      lines, ``json.loads`` of each ``data:`` payload. At concurrency 32 both one shared
-      client and one client per task are measured (DESIGN: a shared pool contends), and the
-      cheaper of the two per configuration is the baseline - the fairest opponent.
-  (b) a `Connection` served by a `ProviderActor` with breaker, retry and limiter on (limits
-      far above what the run uses): ``conn.chat(...)`` / ``conn.stream(...)`` to the end.
+  ``raw``      ``httpx.AsyncClient`` on trio, the obvious way: ``client.post(url, json=...)``
+               then ``json.loads(resp.content)``; for streams ``client.stream(...)``,
+               ``aiter_bytes``, split lines, ``json.loads`` of each ``data:`` payload. One
+               client per task (at concurrency 32 a shared client's pool contends and costs
+               more, encode/httpx#3215: the cheaper opponent is the fair one). The baseline.
+  ``runtime``  the public path: a runtime from ``open_runtime(config)`` with one OpenAI
+               connection (breaker, retry and limiter on, limits far above the run);
+               ``rt.chat(...)`` / ``async with rt.stream(...)`` read to the end.
+  ``conn``     the runtime's `Connection` called directly (``conn.chat`` / ``conn.stream``):
+               the provider actor alone, without the router - where the cost is.
+  ``openai``   the official ``openai`` SDK (``AsyncOpenAI``, one per task; it runs on trio
+               through anyio): ``chat.completions.create(...)``, streams iterated to the end.
 
 Every client is created and warmed up (connections open) before measuring. Rounds interleave
 the clients so a disturbance on the machine hurts them alike; the best round is kept. The
 per-chunk marginal cost is ``(cost of a 100-chunk stream - cost of a 20-chunk stream) / 80``.
 
-Run: ``python bench/overhead.py`` (about 2 minutes on 2 idle cores; ``--quick`` for a rough
-look; ``--profile stream100`` to cProfile the actor path). The last line printed is a JSON
-object for scripts, with ``request_ratio`` and ``chunk_ratio`` the worst case over the
-configurations.
+Run: ``python bench/overhead.py`` (a few minutes on 2 idle cores; ``--quick`` for a rough
+look; ``--profile stream100 [--concurrency 32] [--target conn]`` to cProfile one path). The
+last line printed is a JSON object for scripts: ``request_ratio`` and ``chunk_ratio`` are the
+runtime's worst case over the configurations against raw httpx; ``conn_*`` and ``openai_*``
+the same figures for the connection alone and for the openai SDK.
 """
 
 from __future__ import annotations
@@ -37,16 +45,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import importlib.util
 import json
 import math
 import pstats
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import httpx
@@ -54,15 +61,17 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors._provider import Connection, ProviderActor
-from protocol._config import ConnectionConfig, RateLimitConfig, Secret
+from actors._provider import Connection
+from protocol._config import ConnectionConfig, RateLimitConfig, RuntimeConfig, Secret
 from protocol._messages import ChatRequest, Completion, Message
+from supervisors import Runtime, open_runtime
 
 SHAPES = (0, 20, 100)  # content chunks; 0 = not streamed
 CONCURRENCY = (1, 32)
 PROMPT = "Write one sentence about circuit breakers."
 API_KEY = "sk-bench-0123456789abcdef"
 MAX_TOKENS = 256
+VARIANTS = ("raw", "runtime", "conn", "openai")
 
 # Requests per measurement: (shape, concurrency) -> count, full run. --quick divides by 4.
 COUNTS = {
@@ -168,57 +177,101 @@ async def raw_request(client: httpx.AsyncClient, url: str, shape: int) -> int:
 
 
 def raw_worker(clients: list[httpx.AsyncClient], url: str, shape: int) -> Worker:
-    """Task *i* uses ``clients[i % len(clients)]``: one shared client, or one per task."""
+    """Task *i* uses ``clients[i]``: one client per task."""
 
     async def work(i: int, count: int) -> None:
-        client = clients[i % len(clients)]
+        client = clients[i]
         for _ in range(count):
             await raw_request(client, url, shape)
 
     return work
 
 
-# --------------------------------------------------------------------------- (b) the actor
+# --------------------------------------------------------------------------- (b) the runtime
 
 
-def actor_config(base_url: str) -> ConnectionConfig:
-    """Breaker, retry and limiter on (defaults), limits far above what the bench uses."""
-    return ConnectionConfig(
+def runtime_config(base_url: str) -> RuntimeConfig:
+    """One OpenAI connection serving ``chunks-*``: breaker, retry and limiter on (defaults),
+    limits far above what the bench uses."""
+    conn = ConnectionConfig(
         name="bench",
         provider="openai",
         base_url=base_url,
         api_key=Secret(API_KEY),
+        serves=["chunks-*"],
         rate_limit=RateLimitConfig(
             requests_per_minute=10**9, tokens_per_minute=10**12, concurrent_requests=64
         ),
     )
+    return RuntimeConfig(connections={"bench": conn})
 
 
-async def actor_request(conn: Connection, shape: int) -> int:
-    request = ChatRequest(
+def _request(shape: int) -> ChatRequest:
+    return ChatRequest(
         model=f"chunks-{shape}",
         messages=[Message(role="user", content=PROMPT)],
         max_tokens=MAX_TOKENS,
     )
-    if not shape:
-        result = await conn.chat(request)
-        if not isinstance(result, Completion):
-            raise BenchError(f"actor: {result}")
-        return 1
-    events = 0
-    async with conn.stream(request) as stream:
-        async for _ in stream:
-            events += 1
-    result = stream.result
-    if not isinstance(result, Completion):
-        raise BenchError(f"actor: {result}")
-    return events
 
 
-def actor_worker(conn: Connection, shape: int) -> Worker:
+def runtime_worker(rt: Runtime, shape: int) -> Worker:
     async def work(i: int, count: int) -> None:
         for _ in range(count):
-            await actor_request(conn, shape)
+            request = _request(shape)
+            if not shape:
+                await rt.chat(request)  # raises RequestFailed on a failure
+                continue
+            async with rt.stream(request) as stream:
+                async for _ in stream:
+                    pass
+            if not isinstance(stream.result, Completion):
+                raise BenchError(f"runtime: {stream.result}")
+
+    return work
+
+
+def conn_worker(conn: Connection, shape: int) -> Worker:
+    async def work(i: int, count: int) -> None:
+        for _ in range(count):
+            request = _request(shape)
+            if not shape:
+                result = await conn.chat(request)
+                if not isinstance(result, Completion):
+                    raise BenchError(f"conn: {result}")
+                continue
+            async with conn.stream(request) as stream:
+                async for _ in stream:
+                    pass
+            if not isinstance(stream.result, Completion):
+                raise BenchError(f"conn: {stream.result}")
+
+    return work
+
+
+# --------------------------------------------------------------------------- (c) openai SDK
+
+
+def openai_worker(clients: list[Any], shape: int) -> Worker:
+    """The official SDK, one ``AsyncOpenAI`` per task."""
+
+    async def work(i: int, count: int) -> None:
+        client = clients[i]
+        messages = [{"role": "user", "content": PROMPT}]
+        for _ in range(count):
+            if not shape:
+                await client.chat.completions.create(
+                    model="chunks-0", messages=messages, max_tokens=MAX_TOKENS
+                )
+                continue
+            stream = await client.chat.completions.create(
+                model=f"chunks-{shape}",
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            async for _ in stream:
+                pass
 
     return work
 
@@ -238,30 +291,47 @@ async def cpu_per_request(worker: Worker, concurrency: int, requests: int) -> fl
 
 
 class Clients:
-    """Everything measured, created once and kept warm: one shared raw client, 32 raw
-    clients (one per task), and an actor connection."""
+    """Everything measured, created once and kept warm: raw clients and openai clients (one
+    per task), and a runtime."""
 
-    def __init__(self, base_url: str, conns: dict[str, Connection]) -> None:
+    def __init__(self, base_url: str, rt: Runtime, variants: tuple[str, ...]) -> None:
         self.url = f"{base_url}/chat/completions"
-        limits = httpx.Limits(max_connections=100, max_keepalive_connections=100)
-        self.shared = httpx.AsyncClient(limits=limits)
-        self.per_task = [httpx.AsyncClient() for _ in range(max(CONCURRENCY))]
-        self.conns = conns
+        self.rt = rt
+        self.names = variants
+        tasks = max(CONCURRENCY)
+        self.raw = [httpx.AsyncClient() for _ in range(tasks)] if "raw" in variants else []
+        self.openai: list[Any] = []
+        if "openai" in variants:
+            import openai  # only when measured (0.5 s to import)
 
-    def variants(self, shape: int, concurrency: int) -> dict[str, Worker]:
-        out: dict[str, Worker] = {}
-        if concurrency == 1:
-            out["raw"] = raw_worker([self.shared], self.url, shape)
-        else:
-            out["raw_shared"] = raw_worker([self.shared], self.url, shape)
-            out["raw_per_task"] = raw_worker(self.per_task, self.url, shape)
-        for name, conn in self.conns.items():
-            out[name] = actor_worker(conn, shape)
-        return out
+            self.openai = [
+                openai.AsyncOpenAI(api_key=API_KEY, base_url=base_url) for _ in range(tasks)
+            ]
+
+    def variants(self, shape: int) -> dict[str, Worker]:
+        make: dict[str, Callable[[], Worker]] = {
+            "raw": lambda: raw_worker(self.raw, self.url, shape),
+            "runtime": lambda: runtime_worker(self.rt, shape),
+            "conn": lambda: conn_worker(self.rt.connection("bench"), shape),
+            "openai": lambda: openai_worker(self.openai, shape),
+        }
+        return {name: make[name]() for name in self.names}
 
     async def aclose(self) -> None:
-        for client in [self.shared, *self.per_task]:
+        for client in self.raw:
             await client.aclose()
+        for sdk in self.openai:
+            await sdk.close()
+
+
+@asynccontextmanager
+async def opened(base_url: str, variants: tuple[str, ...]) -> AsyncIterator[Clients]:
+    async with open_runtime(runtime_config(base_url)) as rt:
+        clients = Clients(base_url, rt, variants)
+        try:
+            yield clients
+        finally:
+            await clients.aclose()
 
 
 Results = dict[tuple[int, int], dict[str, float]]  # (shape, concurrency) -> variant -> µs
@@ -272,39 +342,25 @@ async def run_all(
     *,
     scale: float,
     rounds: int,
+    variants: tuple[str, ...],
     log: Callable[[str], None],
-    candidate: ModuleType | None = None,
 ) -> Results:
-    """Measure every configuration. With *candidate* (a copy of ``actors._provider``, see
-    ``--candidate``) its actor is measured too, as ``actor_b``, in the same rounds."""
-    conns = {"actor": Connection(actor_config(base_url))}
-    actors: list[Any] = [ProviderActor(conns["actor"])]
-    if candidate is not None:
-        conns["actor_b"] = candidate.Connection(actor_config(base_url))
-        actors.append(candidate.ProviderActor(conns["actor_b"]))
+    """Measure every configuration, each variant once per round, interleaved."""
     results: Results = {}
-    async with trio.open_nursery() as nursery:
-        for actor in actors:
-            await nursery.start(actor.run)
-        clients = Clients(base_url, conns)
-        try:
-            for concurrency in CONCURRENCY:
-                for shape in SHAPES:
-                    count = max(concurrency, int(COUNTS[shape, concurrency] * scale))
-                    variants = clients.variants(shape, concurrency)
-                    for worker in variants.values():  # warm up: open connections, caches
-                        await cpu_per_request(worker, concurrency, concurrency * 2)
-                    best = dict.fromkeys(variants, math.inf)
-                    for _ in range(rounds):
-                        for name, worker in variants.items():
-                            us = await cpu_per_request(worker, concurrency, count)
-                            best[name] = min(best[name], us)
-                    results[shape, concurrency] = best
-                    log(f"  {_label(shape)} c={concurrency}: " + _fmt(best))
-        finally:
-            await clients.aclose()
-            for conn in conns.values():
-                conn.mailbox.close()
+    async with opened(base_url, variants) as clients:
+        for concurrency in CONCURRENCY:
+            for shape in SHAPES:
+                count = max(concurrency, int(COUNTS[shape, concurrency] * scale))
+                workers = clients.variants(shape)
+                for worker in workers.values():  # warm up: open connections, caches
+                    await cpu_per_request(worker, concurrency, concurrency * 2)
+                best = dict.fromkeys(workers, math.inf)
+                for _ in range(rounds):
+                    for name, worker in workers.items():
+                        us = await cpu_per_request(worker, concurrency, count)
+                        best[name] = min(best[name], us)
+                results[shape, concurrency] = best
+                log(f"  {_label(shape)} c={concurrency}: " + _fmt(best))
     return results
 
 
@@ -319,168 +375,156 @@ def _fmt(row: dict[str, float]) -> str:
 # --------------------------------------------------------------------------- report
 
 
+def _prefix(name: str) -> str:
+    """The JSON key prefix of a variant's ratios: none for the runtime (the headline)."""
+    return "" if name == "runtime" else f"{name}_"
+
+
 def summarize(results: Results) -> dict[str, Any]:
-    """Baselines, ratios per configuration, per-chunk marginal costs and the worst cases
-    (of ``actor``; a candidate ``actor_b`` gets its own ``ratio_b`` figures)."""
+    """Ratios per configuration against ``raw``, per-chunk marginal costs, and the worst
+    case of every variant (``request_ratio`` / ``chunk_ratio`` for the runtime,
+    ``conn_request_ratio``, ``openai_chunk_ratio``... for the others)."""
     figures: dict[str, Any] = {}
-    worst: dict[str, list[float]] = {}
+    worst: dict[str, float] = {}
+
+    def note(key: str, ratio: float) -> None:
+        worst[key] = max(worst.get(key, 0.0), ratio)
+
     for concurrency in CONCURRENCY:
-        base: dict[int, float] = {}
         cost: dict[str, dict[int, float]] = {}
         for shape in SHAPES:
             row = results[shape, concurrency]
-            raw_names = [k for k in row if k.startswith("raw")]
-            chosen = min(raw_names, key=lambda k: row[k])
-            base[shape] = row[chosen]
             entry: dict[str, Any] = {f"{k}_us": round(v, 1) for k, v in row.items()}
-            entry["baseline"] = chosen
-            for name in (k for k in row if not k.startswith("raw")):
-                cost.setdefault(name, {})[shape] = row[name]
-                ratio = row[name] / base[shape]
-                worst.setdefault(f"request_{name}", []).append(ratio)
-                entry[_ratio_key(name)] = round(ratio, 3)
+            for name, us in row.items():
+                cost.setdefault(name, {})[shape] = us
+                if name != "raw":
+                    ratio = us / row["raw"]
+                    entry[f"{name}_ratio"] = round(ratio, 3)
+                    note(f"{_prefix(name)}request_ratio", ratio)
             figures[f"{_label(shape)}_c{concurrency}"] = entry
-        raw_chunk = (base[100] - base[20]) / 80
-        chunk: dict[str, Any] = {"raw_us": round(raw_chunk, 2)}
+        chunk: dict[str, Any] = {}
+        raw_chunk = (cost["raw"][100] - cost["raw"][20]) / 80
         for name, by_shape in cost.items():
             per_chunk = (by_shape[100] - by_shape[20]) / 80
             chunk[f"{name}_us"] = round(per_chunk, 2)
-            chunk[_ratio_key(name)] = round(per_chunk / raw_chunk, 3)
-            worst.setdefault(f"chunk_{name}", []).append(per_chunk / raw_chunk)
+            if name != "raw":
+                chunk[f"{name}_ratio"] = round(per_chunk / raw_chunk, 3)
+                note(f"{_prefix(name)}chunk_ratio", per_chunk / raw_chunk)
         figures[f"chunk_c{concurrency}"] = chunk
-    out: dict[str, Any] = {
-        "request_ratio": round(max(worst["request_actor"]), 3),
-        "chunk_ratio": round(max(worst["chunk_actor"]), 3),
-    }
-    if "request_actor_b" in worst:
-        out["request_ratio_b"] = round(max(worst["request_actor_b"]), 3)
-        out["chunk_ratio_b"] = round(max(worst["chunk_actor_b"]), 3)
-    return {**out, **figures}
+    head = {k: round(worst[k], 3) for k in sorted(worst, key=lambda k: (k.count("_"), k))}
+    return {**head, **figures}
 
 
-def _ratio_key(name: str) -> str:
-    return "ratio" + name.removeprefix("actor")
-
-
-def print_table(summary: dict[str, Any]) -> None:
-    candidate = "request_ratio_b" in summary
+def print_table(summary: dict[str, Any], variants: tuple[str, ...]) -> None:
+    others = [v for v in variants if v != "raw"]
     print()
-    head = f"{'configuration':<16}{'raw shared':>12}{'raw/task':>10}{'actor':>9}{'ratio':>7}"
-    print(head + (f"{'actor_b':>9}{'ratio':>7}" if candidate else "") + "  baseline")
+    print(
+        f"{'configuration':<16}{'raw':>9}"
+        + "".join(f"{name:>10}{'ratio':>7}" for name in others)
+        + "   (CPU µs per request)"
+    )
     for concurrency in CONCURRENCY:
         for shape in SHAPES:
             row = summary[f"{_label(shape)}_c{concurrency}"]
-            shared = row.get("raw_us", row.get("raw_shared_us"))
-            per_task = row.get("raw_per_task_us")
-            line = (
-                f"{_label(shape) + f' c={concurrency}':<16}{shared:>10.0f}µs"
-                + ("         -" if per_task is None else f"{per_task:>8.0f}µs")
-                + f"{row['actor_us']:>7.0f}µs{row['ratio']:>7.3f}"
-            )
-            if candidate:
-                line += f"{row['actor_b_us']:>7.0f}µs{row['ratio_b']:>7.3f}"
-            print(line + f"  {row['baseline']}")
-    print()
+            line = f"{_label(shape) + f' c={concurrency}':<16}{row['raw_us']:>9.0f}"
+            for name in others:
+                line += f"{row[f'{name}_us']:>10.0f}{row[f'{name}_ratio']:>7.2f}"
+            print(line)
     for concurrency in CONCURRENCY:
         c = summary[f"chunk_c{concurrency}"]
-        line = (
-            f"per chunk c={concurrency}: raw {c['raw_us']:.2f} µs, "
-            f"actor {c['actor_us']:.2f} µs (ratio {c['ratio']:.3f})"
-        )
-        if candidate:
-            line += f", actor_b {c['actor_b_us']:.2f} µs (ratio {c['ratio_b']:.3f})"
+        line = f"{f'per chunk c={concurrency}':<16}{c['raw_us']:>9.1f}"
+        for name in others:
+            line += f"{c[f'{name}_us']:>10.1f}{c[f'{name}_ratio']:>7.2f}"
         print(line)
-    print(
-        f"worst request ratio {summary['request_ratio']:.3f} (target ≤ 1.10), "
-        f"worst chunk ratio {summary['chunk_ratio']:.3f} (target ≤ 1.0)"
-    )
-    if candidate:
+    print()
+    if "request_ratio" in summary:
         print(
-            f"candidate: worst request ratio {summary['request_ratio_b']:.3f}, "
-            f"worst chunk ratio {summary['chunk_ratio_b']:.3f}"
+            f"runtime: worst request ratio {summary['request_ratio']:.3f} (target ≤ 1.10), "
+            f"worst chunk ratio {summary['chunk_ratio']:.3f} (target ≤ 1.00)"
         )
+    for name in others:
+        if name != "runtime":
+            print(
+                f"{name}: worst request ratio {summary[f'{name}_request_ratio']:.3f}, "
+                f"worst chunk ratio {summary[f'{name}_chunk_ratio']:.3f}"
+            )
 
 
 # --------------------------------------------------------------------------- profiling
 
 
-async def profile_actor(base_url: str, shape: int, concurrency: int, requests: int) -> None:
-    """cProfile the actor path only (after a warm-up) and print the top functions."""
-    conn = Connection(actor_config(base_url))
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ProviderActor(conn).run)
-        worker = actor_worker(conn, shape)
+async def profile(base_url: str, target: str, shape: int, concurrency: int, requests: int) -> None:
+    """cProfile one path only (after a warm-up) and print the top functions."""
+    async with opened(base_url, (target,)) as clients:
+        worker = clients.variants(shape)[target]
         await cpu_per_request(worker, concurrency, concurrency * 4)
         profiler = cProfile.Profile()
         profiler.enable()
         await cpu_per_request(worker, concurrency, requests)
         profiler.disable()
-        conn.mailbox.close()
     stats = pstats.Stats(profiler).strip_dirs()
-    stats.sort_stats("tottime").print_stats(30)
-    stats.sort_stats("cumulative").print_stats(40)
+    stats.sort_stats("tottime").print_stats(35)
+    stats.sort_stats("cumulative").print_stats(45)
 
 
 # --------------------------------------------------------------------------- main
 
 
-def load_candidate(path: Path) -> ModuleType:
-    """Import *path* (a modified copy of ``actors/_provider.py``) as ``actors._candidate``,
-    so its relative imports resolve against the real ``actors`` package."""
-    spec = importlib.util.spec_from_file_location("actors._candidate", path)
-    if spec is None or spec.loader is None:
-        raise BenchError(f"cannot import {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="CPU overhead of the provider actor vs httpx.")
+    parser = argparse.ArgumentParser(description="CPU overhead of the runtime vs raw httpx.")
     parser.add_argument("--quick", action="store_true", help="fewer requests and rounds")
     parser.add_argument("--rounds", type=int, default=None)
     parser.add_argument(
         "--gap-us", type=float, default=100.0, help="server pause before each stream chunk"
     )
     parser.add_argument(
+        "--only",
+        default=",".join(VARIANTS),
+        help=f"comma-separated variants to measure (raw is always measured): {VARIANTS}",
+    )
+    parser.add_argument(
         "--profile",
         choices=["chat", "stream20", "stream100"],
-        help="cProfile the actor path for one shape instead of benchmarking",
+        help="cProfile one path for one shape instead of benchmarking",
     )
+    parser.add_argument("--target", choices=VARIANTS, default="runtime", help="for --profile")
     parser.add_argument("--concurrency", type=int, default=1, help="for --profile")
-    parser.add_argument(
-        "--candidate",
-        type=Path,
-        help="a modified copy of actors/_provider.py, measured as actor_b in the same rounds",
-    )
     args = parser.parse_args()
     scale = 0.25 if args.quick else 1.0
     rounds = args.rounds or (2 if args.quick else ROUNDS)
+    chosen = {v.strip() for v in args.only.split(",") if v.strip()} | {"raw"}
+    unknown = chosen - set(VARIANTS)
+    if unknown:
+        parser.error(f"unknown variants: {sorted(unknown)}")
+    variants = tuple(v for v in VARIANTS if v in chosen)
 
     server = LoopbackServer(args.gap_us)
     try:
         if args.profile:
             shape = {"chat": 0, "stream20": 20, "stream100": 100}[args.profile]
             n = 200 if shape == 0 else 400 // max(1, shape // 10)
-            trio.run(profile_actor, server.base_url, shape, args.concurrency, n * args.concurrency)
+            trio.run(profile, server.base_url, args.target, shape, args.concurrency,
+                     n * args.concurrency)  # fmt: skip
             return
-        print(f"loopback server on {server.base_url}; {rounds} rounds, best kept", flush=True)
+        print(
+            f"loopback server on {server.base_url}; {', '.join(variants)}; "
+            f"{rounds} rounds, best kept",
+            flush=True,
+        )
         started = time.perf_counter()
-        candidate = load_candidate(args.candidate) if args.candidate else None
         results = trio.run(
             lambda: run_all(
                 server.base_url,
                 scale=scale,
                 rounds=rounds,
+                variants=variants,
                 log=lambda s: print(s, flush=True),
-                candidate=candidate,
             )
         )
     finally:
         server.close()
     summary = summarize(results)
-    print_table(summary)
+    print_table(summary, variants)
     print(f"({time.perf_counter() - started:.0f} s)")
     print(json.dumps(summary))
 
