@@ -316,13 +316,17 @@ class AnthropicStreamDecoder:
         try:
             events = self._sse.feed(chunk)
         except FramingError as exc:
-            return self._fail(protocol_failure(f"malformed stream: {exc}", self._usage))
+            return self._framing_failure(exc)
         return self._events(events) if events else []
 
     def close(self) -> list[DecodedItem]:
         if self._done:
             return []
-        out = self._events(self._sse.close(), final=True)
+        try:
+            events = self._sse.close()
+        except FramingError as exc:  # the unterminated last line made an event too long
+            return self._framing_failure(exc)
+        out = self._events(events, final=True)
         if self.done:  # message_stop or an error came last (the property defeats narrowing)
             return out
         out.append(
@@ -346,9 +350,14 @@ class AnthropicStreamDecoder:
             usage=self._usage,
         )
 
-    def _fail(self, failure: Failure) -> list[DecodedItem]:
-        self._done = True
-        return [failure]
+    def _framing_failure(self, exc: FramingError) -> list[DecodedItem]:
+        # Deliver what was complete before the bad line: the items then do not depend on how
+        # the body was split.
+        out = self._events(exc.events)
+        if not self.done:
+            out.append(protocol_failure(f"malformed stream: {exc}", self._usage))
+            self._done = True
+        return out
 
     def _events(self, events: list[SSEEvent], *, final: bool = False) -> list[DecodedItem]:
         """Items for whole SSE *events*. ``final``: these were flushed by ``close()``, so an

@@ -261,7 +261,7 @@ class GeminiStreamDecoder:
         try:
             events = self._sse.feed(chunk)
         except FramingError as exc:
-            return self._fail(protocol_failure(f"malformed stream: {exc}", self._usage))
+            return self._framing_failure(exc)
         out: list[DecodedItem] = []
         for _, data in events:
             if self._chunk(data, out):
@@ -271,8 +271,12 @@ class GeminiStreamDecoder:
     def close(self) -> list[DecodedItem]:
         if self._done:
             return []
+        try:
+            events = self._sse.close()
+        except FramingError as exc:  # the unterminated last line made an event too long
+            return self._framing_failure(exc)
         out: list[DecodedItem] = []
-        for _, data in self._sse.close():
+        for _, data in events:
             if self._chunk(data, out, final=True):
                 return out
         self._done = True
@@ -298,6 +302,16 @@ class GeminiStreamDecoder:
     def _fail(self, failure: Failure) -> list[DecodedItem]:
         self._done = True
         return [failure]
+
+    def _framing_failure(self, exc: FramingError) -> list[DecodedItem]:
+        """What was complete before the bad line (so the items do not depend on how the
+        body was split), then a ``protocol`` `Failure`."""
+        out: list[DecodedItem] = []
+        for _, data in exc.events:
+            if self._chunk(data, out):
+                return out
+        out.extend(self._fail(protocol_failure(f"malformed stream: {exc}", self._usage)))
+        return out
 
     def _chunk(self, data: bytes, out: list[DecodedItem], *, final: bool = False) -> bool:
         """Append the items of one SSE event's data; True when it ended the stream.

@@ -175,8 +175,13 @@ class OllamaStreamDecoder:
         try:
             lines = self._lines.feed(chunk)
         except FramingError as exc:
-            self._done = True
-            return [protocol_failure(f"malformed stream: {exc}")]
+            # Deliver the lines completed before the bad one: the items then do not depend
+            # on how the body was split.
+            out = self._process(exc.events)
+            if not self._done:
+                self._done = True
+                out.append(protocol_failure(f"malformed stream: {exc}"))
+            return out
         return self._process(lines)
 
     def close(self) -> list[DecodedItem]:

@@ -939,6 +939,27 @@ def test_framing_error_is_a_protocol_failure() -> None:
     assert decoder.done
 
 
+def test_framing_error_keeps_the_events_before_it_and_close_never_raises() -> None:
+    # The items before a too-long line do not depend on how the body was split.
+    text = _text(0, "a")
+    too_long = b"data: " + b"x" * 200
+    one = AnthropicStreamDecoder(max_buffer=150)
+    split = AnthropicStreamDecoder(max_buffer=150)
+    items = one.feed(text + too_long)
+    assert items == split.feed(text) + split.feed(too_long)
+    assert items[0] == TextDelta(text="a")
+    assert isinstance(items[1], Failure)
+    assert items[1].kind is ErrorKind.PROTOCOL
+    # An unterminated last data line that makes its event too long is found by close(): a
+    # protocol failure, never an exception.
+    decoder = AnthropicStreamDecoder(max_buffer=100)
+    assert decoder.feed(b"data: " + b"a" * 60 + b"\n" + b"data: " + b"b" * 60) == []
+    (failure,) = decoder.close()
+    assert isinstance(failure, Failure)
+    assert failure.kind is ErrorKind.PROTOCOL
+    assert decoder.done
+
+
 def test_unknown_events_and_keepalives_are_ignored() -> None:
     stream = b"".join(
         [

@@ -582,6 +582,29 @@ def test_framing_error_is_protocol_failure() -> None:
     assert decoder.done
 
 
+def test_framing_error_keeps_the_chunks_before_it_and_close_never_raises() -> None:
+    from protocol._framing import DEFAULT_MAX_BUFFER
+
+    # The items before a too-long line do not depend on how the body was split.
+    first = sse(chunk([{"text": "a"}]))
+    too_long = b"data: " + b"x" * (DEFAULT_MAX_BUFFER + 10)
+    one, split = DIALECT.stream_decoder(), DIALECT.stream_decoder()
+    items = one.feed(first + too_long)
+    assert items == split.feed(first) + split.feed(too_long)
+    assert items[0] == TextDelta(text="a")
+    assert isinstance(items[-1], Failure)
+    assert items[-1].kind is ErrorKind.PROTOCOL
+    # An unterminated last data line that makes its event too long is found by close(): a
+    # protocol failure, never an exception.
+    decoder = DIALECT.stream_decoder()
+    half = b"a" * (DEFAULT_MAX_BUFFER // 2 + 10)
+    assert decoder.feed(b"data: " + half + b"\r\n" + b"data: " + half) == []
+    (failure,) = decoder.close()
+    assert isinstance(failure, Failure)
+    assert failure.kind is ErrorKind.PROTOCOL
+    assert decoder.done
+
+
 # --------------------------------------------------------------------------- errors
 
 

@@ -463,6 +463,19 @@ def test_framing_error_is_protocol_failure() -> None:
     assert items[0].kind is ErrorKind.PROTOCOL
 
 
+def test_framing_error_keeps_the_lines_before_it() -> None:
+    from protocol._framing import DEFAULT_MAX_BUFFER
+
+    first = ndjson(line("a"))
+    too_long = b"x" * (DEFAULT_MAX_BUFFER + 10)
+    one, split = DIALECT.stream_decoder(), DIALECT.stream_decoder()
+    items = one.feed(first + too_long)
+    assert items == split.feed(first) + split.feed(too_long)
+    assert items[0] == TextDelta(text="a")
+    assert isinstance(items[-1], Failure)
+    assert items[-1].kind is ErrorKind.PROTOCOL
+
+
 # --------------------------------------------------------------------------- errors
 
 
