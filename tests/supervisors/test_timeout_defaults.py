@@ -47,8 +47,7 @@ def ask(*, stream: bool) -> ChatRequest:
 def test_the_defaults_fit_twice_into_the_default_request_budget() -> None:
     timeouts = TimeoutConfig()
     assert (timeouts.connect, timeouts.first_token, timeouts.stall) == (10.0, 30.0, 30.0)
-    assert 2 * timeouts.first_token <= ConnectionConfig().timeout
-    assert 2 * timeouts.stall <= ConnectionConfig().timeout
+    assert ConnectionConfig().timeout >= 2 * 30.0  # the fallback gets the other half
 
 
 @pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
