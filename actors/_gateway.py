@@ -14,6 +14,12 @@ Design:
 - **Authentication** by bearer token: the ``Authorization`` header of the handshake, or the
   ``token`` of the first ``hello`` frame (browsers cannot set headers). Every configured token
   is compared in constant time; a bad or missing token gets close code 4401 and nothing else.
+  The token names the session's client (`actors._client_keys`: ``[gateway] tokens`` are
+  unlimited clients, ``[gateway.clients.<name>]`` have their own limits). Each request is
+  admitted by its client's limits before it starts (a refusal is its failure frame:
+  ``rate_limited`` with ``retry_after``, or ``permission``) and settled with its result when
+  it ends. ``gateway.clients`` is shared with any other face of the gateway, so the limits
+  hold across them.
 - **Limits**: maximum frame size (trio-websocket closes with 1009 above it), maximum
   concurrent requests per socket (excess requests get a ``queue_full`` failure frame),
   handshake timeout (no valid hello in time: 4408). A frame that cannot be decoded gets a
@@ -68,6 +74,7 @@ import errno
 import logging
 import math
 import os
+import time
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Protocol
 
@@ -75,7 +82,7 @@ import msgspec
 import trio
 import trio_websocket as tw
 
-from protocol._config import GatewayConfig, Secret
+from protocol._config import GatewayConfig
 from protocol._errors import ErrorKind
 from protocol._frames import (
     CLOSE_GOING_AWAY,
@@ -118,6 +125,8 @@ from protocol._messages import (
     Failure,
 )
 
+from ._client_keys import ClientGrant, ClientKey, ClientKeys
+
 log = logging.getLogger("switchboard.gateway")
 
 
@@ -139,6 +148,24 @@ class GatewayBackend(Protocol):
     async def embed_request(self, request: EmbedRequest) -> Embeddings | Failure: ...
 
     def status_report(self) -> tuple[str, list[ConnectionStatus]]: ...
+
+
+def _wall_epoch() -> float:
+    """The wall-clock time (Unix seconds) at which the trio clock read 0, for calendar budget
+    periods (`ClientKeys`)."""
+    try:
+        return time.time() - trio.current_time()
+    except RuntimeError:  # not inside trio.run: the clock is read only inside it anyway
+        return time.time()
+
+
+def _outcome(frame: ServerFrame) -> Completion | Embeddings | Failure | None:
+    """The backend's result in a terminal frame, for settling the client's grant."""
+    if isinstance(frame, Done | EmbedDone):
+        return frame.result
+    if isinstance(frame, FailureFrame):
+        return frame.failure
+    return None
 
 
 def _peer(stream: trio.SocketStream) -> str:
@@ -266,6 +293,8 @@ class _Session:
         self.send_lock = trio.Lock()
         self.sending_since: float | None = None
         self.welcomed = False
+        self.client: ClientKey | None = None
+        """Who authenticated on this socket (set before the welcome)."""
         self.closed = False
         self._close_started = False
         self._close_done = trio.Event()
@@ -349,11 +378,16 @@ class Gateway:
 
     ``await nursery.start(gateway.serve)`` listens (port 0 picks a free port) and returns the
     gateway; ``gateway.url`` tells where. ``await gateway.shutdown()`` drains and stops.
+    ``gateway.clients`` (built from the config unless *clients* is given) authenticates and
+    admits every request, at this face and any other that shares it.
     """
 
-    def __init__(self, backend: GatewayBackend, config: GatewayConfig) -> None:
+    def __init__(
+        self, backend: GatewayBackend, config: GatewayConfig, *, clients: ClientKeys | None = None
+    ) -> None:
         self.backend = backend
         self.config = config
+        self.clients = clients if clients is not None else ClientKeys(config, epoch=_wall_epoch())
         self.port: int | None = None
         self._sessions: set[_Session] = set()
         self._closing = False
@@ -551,17 +585,6 @@ class Gateway:
                     return text[7:].strip()
         return None
 
-    def _authorized(self, token: str | None) -> bool:
-        tokens: list[Secret] = self.config.tokens
-        if not tokens:
-            return True
-        if token is None:
-            return False
-        ok = False
-        for candidate in tokens:  # compare with every token: no early exit, no timing leak
-            ok = (candidate == token) | ok
-        return ok
-
     async def _handle(self, request: tw.WebSocketRequest) -> None:
         if self._closing:
             await request.reject(503, body=b"server shutting down")
@@ -592,7 +615,8 @@ class Gateway:
     async def _session(self, session: _Session, header_token: str | None) -> None:
         cfg = self.config
         ws = session.ws
-        if not self._authorized(header_token):
+        client = self.clients.authenticate(header_token)
+        if client is None:
             with trio.move_on_after(cfg.handshake_timeout_s) as scope:
                 try:
                     message = await ws.get_message()
@@ -605,12 +629,14 @@ class Gateway:
                 first: ClientFrame | None = decode_client_frame(message)
             except FrameError:
                 first = None
-            if not isinstance(first, Hello) or not self._authorized(first.token):
+            client = self.clients.authenticate(first.token) if isinstance(first, Hello) else None
+            if not isinstance(first, Hello) or client is None:
                 self._rejected += 1
                 await session.close(CLOSE_UNAUTHORIZED, "unauthorized")
                 return
             if not await self._version_ok(session, first):
                 return
+        session.client = client
         welcome = Welcome(
             max_frame_bytes=cfg.max_frame_bytes, max_concurrent=cfg.max_concurrent_per_client
         )
@@ -726,27 +752,38 @@ class Gateway:
                     retry_after=1.0,
                 ),
             )
+        assert session.client is not None  # set before the welcome
+        grant = self.clients.admit(session.client, frame.request, trio.current_time())
+        if isinstance(grant, Failure):
+            failure = msgspec.structs.replace(grant, request_id=frame.request.request_id or rid)
+            return FailureFrame(id=rid, failure=failure)
         self._requests += 1
         self._in_flight += 1
         scope = trio.CancelScope()
         session.scopes[rid] = scope
-        nursery.start_soon(self._run_request, session, frame, scope)
+        nursery.start_soon(self._run_request, session, frame, scope, grant)
         return None
 
     async def _run_request(
-        self, session: _Session, frame: ChatCall | EmbedCall, scope: trio.CancelScope
+        self,
+        session: _Session,
+        frame: ChatCall | EmbedCall,
+        scope: trio.CancelScope,
+        grant: ClientGrant,
     ) -> None:
         rid = frame.id
         request = frame.request
         if not request.request_id:
             request = msgspec.structs.replace(request, request_id=rid)
         terminal: ServerFrame | None = None
+        outcome: Completion | Embeddings | Failure | None = None  # what the backend answered
         crash: Exception | None = None
         try:
             with scope:
                 await session.send(Accepted(id=rid))
                 try:
                     terminal = await self._call(session, rid, frame, request)
+                    outcome = _outcome(terminal)
                 except _Closed:
                     raise
                 except Exception as exc:  # a backend bug ends this request only
@@ -762,6 +799,7 @@ class Gateway:
         except _Closed:
             pass
         finally:
+            self.clients.settle(grant, outcome, trio.current_time())
             session.scopes.pop(rid, None)
             self._in_flight -= 1
             if self._closing and not self._in_flight:
@@ -793,11 +831,13 @@ class Gateway:
             message = message[: _LOG_MESSAGE_CHARS - 1] + "…"
         request_id = frame.request.request_id or frame.id
         model = failure.model or frame.request.model
+        client = session.client.name if session.client is not None else None
         log.log(
             level,
-            "request %s from %s failed: %s (model %s, connection %s): %s",
+            "request %s from %s (client %s) failed: %s (model %s, connection %s): %s",
             request_id,
             session.name,
+            client,
             kind.value,
             model,
             failure.connection or "-",
@@ -806,6 +846,7 @@ class Gateway:
             extra={
                 "request_id": request_id,
                 "peer": session.name,
+                "client": client,
                 "model": model,
                 "error_kind": kind.value,
                 "connection": failure.connection or None,

@@ -38,7 +38,7 @@ import math
 import os
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -46,6 +46,7 @@ import httpx
 import msgspec
 import trio
 
+from actors._client_keys import ClientStatistics
 from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
 from actors._metrics import ConnectionMetricsSnapshot, prometheus_text
@@ -77,7 +78,8 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     retries, tokens - wasted ones included - cost, latency and TTFT histograms, breaker
     transitions). ``requests``/``completions``/``failures`` count what callers of the runtime
     saw, after routing (a request that failed over and then succeeded is one completion);
-    ``queued``/``in_flight`` are the connections' current queue depths.
+    ``queued``/``in_flight`` are the connections' current queue depths. ``clients`` holds the
+    gateway's per-client counters by client name (empty without a gateway; never a token).
     """
 
     connections: dict[str, ConnectionMetricsSnapshot]
@@ -87,6 +89,7 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     failures: dict[str, int] = {}
     queued: dict[str, int] = {}
     in_flight: dict[str, int] = {}
+    clients: dict[str, ClientStatistics] = {}
 
     def tokens_by_connection(self, name: str) -> tuple[int, int]:
         """``(input, output)`` tokens recorded by connection *name*."""
@@ -162,6 +165,8 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
         family("wasted_tokens_total", "counter",
                "Tokens of failed or cancelled attempts (never billed as a completion).",
                wasted)  # fmt: skip
+        if self.clients:
+            lines.extend(_client_families(self.clients))
         return "\n".join(lines) + "\n"
 
 
@@ -434,6 +439,9 @@ class Runtime:
             failures=dict(self._failures),
             queued={n: m.queued for n, m in mailboxes.items()},
             in_flight={n: m.in_flight for n, m in mailboxes.items()},
+            clients=(
+                {} if self.gateway is None else self.gateway.clients.statistics(trio.current_time())
+            ),
         )
 
     def statistics(self) -> dict[str, ConnectionStatistics]:
@@ -473,6 +481,41 @@ class Runtime:
 # Breaker states that refuse every call whatever the time (`Connection.unavailable_for` only
 # knows the open-until time of a timed OPEN).
 _REFUSING_STATES = frozenset({"forced_open"})
+
+
+def _client_families(clients: Mapping[str, ClientStatistics]) -> list[str]:
+    """Prometheus families of the gateway's per-client counters (labelled by client name)."""
+    lines: list[str] = []
+
+    def family(name: str, kind: str, help_text: str, samples: Sequence[tuple[str, float]]) -> None:
+        lines.append(f"# HELP switchboard_client_{name} {help_text}")
+        lines.append(f"# TYPE switchboard_client_{name} {kind}")
+        lines.extend(f"switchboard_client_{name}{labels} {value:g}" for labels, value in samples)
+
+    def who(name: str, **more: str) -> str:
+        extra = "".join(f',{k}="{_label(v)}"' for k, v in more.items())
+        return '{client="' + _label(name) + '"' + extra + "}"
+
+    rows = sorted(clients.items())
+    refused = [(who(n, reason=r), v) for n, s in rows for r, v in sorted(s.refused.items())]
+    tokens = [
+        (who(n, direction=d), v)
+        for n, s in rows
+        for d, v in (("in", s.input_tokens), ("out", s.output_tokens))
+    ]
+    budgets = [(who(n), s.budget_remaining) for n, s in rows if s.budget_remaining is not None]
+    family("requests_total", "counter", "Requests a gateway client was admitted for.",
+           [(who(n), s.requests) for n, s in rows])  # fmt: skip
+    family("refused_total", "counter", "Requests refused by a client's limits, by reason.",
+           refused)  # fmt: skip
+    family("in_flight", "gauge", "Admitted requests of a client that have not ended.",
+           [(who(n), s.in_flight) for n, s in rows])  # fmt: skip
+    family("tokens_total", "counter", "Tokens used by a client's requests.", tokens)
+    family("cost_total", "counter", "Estimated cost of a client's answers.",
+           [(who(n), s.cost) for n, s in rows])  # fmt: skip
+    family("budget_remaining", "gauge", "What is left of a client's budget this period.",
+           budgets)  # fmt: skip
+    return lines
 
 
 def _label(value: str) -> str:
