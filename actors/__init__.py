@@ -17,6 +17,10 @@ from ._breaker import BreakerTransitionError as BreakerTransitionError
 from ._breaker import Permit as Permit
 from ._breaker import Refusal as Refusal
 from ._breaker import Transition as Transition
+from ._client_keys import ClientGrant as ClientGrant
+from ._client_keys import ClientKey as ClientKey
+from ._client_keys import ClientKeys as ClientKeys
+from ._client_keys import ClientStatistics as ClientStatistics
 from ._http_errors import failure_from_exception as failure_from_exception
 from ._limiter import Grant as Grant
 from ._limiter import Limiter as Limiter
@@ -88,6 +92,10 @@ __all__ = [
     "BreakerTransitionError",
     "Call",
     "Client",
+    "ClientGrant",
+    "ClientKey",
+    "ClientKeys",
+    "ClientStatistics",
     "ClientStream",
     "Connection",
     "ConnectionMetrics",

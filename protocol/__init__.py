@@ -5,6 +5,8 @@ Pure: imports only the standard library and msgspec (a test keeps it so).
 
 from ._accumulate import StreamAccumulator as StreamAccumulator
 from ._config import BreakerConfig as BreakerConfig
+from ._config import BudgetPeriod as BudgetPeriod
+from ._config import ClientConfig as ClientConfig
 from ._config import ConnectionConfig as ConnectionConfig
 from ._config import GatewayConfig as GatewayConfig
 from ._config import MailboxConfig as MailboxConfig
@@ -104,9 +106,11 @@ from ._validate import request_problem as request_problem
 __all__ = [
     "Accepted",
     "BreakerConfig",
+    "BudgetPeriod",
     "Cancel",
     "ChatCall",
     "ChatRequest",
+    "ClientConfig",
     "ClientFrame",
     "Completion",
     "ConfigError",

@@ -19,6 +19,7 @@ PURE_MACHINES = (
     "actors/_breaker.py",
     "actors/_retry.py",
     "actors/_limiter.py",
+    "actors/_client_keys.py",
     "supervisors/_intensity.py",
 )
 IO_LIBRARIES = {"trio", "httpx", "trio_websocket", "httpcore", "anyio", "asyncio", "socket"}
