@@ -139,7 +139,8 @@ ANONYMOUS = ClientKey(name="anonymous")
 
 class ClientGrant(msgspec.Struct, frozen=True, kw_only=True):
     """Permission for one request of client ``client``: give it back exactly once with
-    `ClientKeys.settle`. ``tokens`` is what the request reserved (its estimate)."""
+    `ClientKeys.settle`. ``tokens`` is what the request reserved (its estimate; 0 for a
+    client without rate limits)."""
 
     client: str
     id: int
@@ -358,9 +359,10 @@ class ClientKeys:
             if state.spend >= key.budget:
                 state.refused["budget"] += 1
                 return self._budget_refusal(state, request, now)
-        estimate = _estimate(request)
+        estimate = 0  # what is reserved: nothing without a rate limit
         limit: Grant | None = None
         if state.limiter is not None:
+            estimate = _estimate(request)
             got = state.limiter.reserve(estimate, now)
             if not isinstance(got, Grant):
                 reason: RefusalReason = (
