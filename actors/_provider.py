@@ -37,8 +37,9 @@ total budget) ends an attempt, the ``deadline`` failure says how many attempts w
 this connection, how far the last one got (no response yet, no first token yet, streaming)
 and what the attempt before it hit - never just "the deadline passed".
 
-**Silent attempts.** An attempt is *silent* when the request went out and no response head
-came back: a timeout before the head, or the provider closing the connection before the head
+**Silent attempts.** An attempt is *silent* when the request went out and nothing came of it
+within the first-token limit: a timeout before the head, a head and then no first token
+(``timeouts.first_token``), or the provider closing the connection before the head
 (a reset, or a clean close: httpx's ``ReadError`` / ``RemoteProtocolError``) - at once or
 after minutes of silence alike, since either way this target took the request and did not
 answer it, and waiting through the silence again is the expensive part. Its kind stays what
@@ -1154,7 +1155,9 @@ class ProviderActor:
         the request's deadline what the attempts got to (see the module header)."""
         t = gen.config.timeouts
         streamed = envelope.stream is not None
-        state.silent = state.status is None
+        # No head, or a head and then nothing within the first-token limit: either way this
+        # target took the request and produced nothing (see the module header).
+        state.silent = state.status is None or what == "first_token"
         if what == "deadline":
             spent = trio.current_time() - envelope.enqueued_at
             message = (

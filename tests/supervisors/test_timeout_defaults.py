@@ -15,7 +15,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors.testing import FakeTransport, FaultPlan, NoResponse, Stall
+from actors.testing import FakeTransport, FaultPlan, NoResponse, SlowFirstToken, Stall
 from protocol._config import ConnectionConfig, TimeoutConfig
 from protocol._config_load import loads_config
 from protocol._errors import ErrorKind
@@ -93,3 +93,30 @@ async def test_a_stream_that_goes_silent_midway_ends_after_30s(autojump_clock: M
     assert failure.kind is ErrorKind.TIMEOUT
     assert "timeouts.stall" in failure.message
     assert trio.current_time() == 30.0
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [SlowFirstToken(seconds=1000.0), Stall(after_tokens=0, then="hang")],
+    ids=["slow-first-token", "head-then-hang"],
+)
+async def test_a_primary_that_answers_200_then_says_nothing_is_failed_over(
+    fault: SlowFirstToken | Stall, autojump_clock: MockClock
+) -> None:
+    """A head and then silence is as silent as no head: fail over at first_token."""
+    config = loads_config(CONFIG)
+    primary = FakeTransport(plan=FaultPlan.always(fault))
+    fallback = FakeTransport()
+    transports = {"primary": primary, "fallback": fallback}
+    async with (
+        open_runtime(config, transports=transports, rng=random.Random(0)) as rt,
+        rt.stream(ask(stream=True)) as events,
+    ):
+        text = "".join([e.text async for e in events if isinstance(e, TextDelta)])
+    done = events.result
+    assert isinstance(done, Completion), done
+    assert done.connection == "fallback"
+    assert text == done.text
+    assert trio.current_time() == 30.0
+    assert [a.arrived_at for a in primary.attempts] == [0.0]
+    assert [a.arrived_at for a in fallback.attempts] == [30.0]
