@@ -221,7 +221,10 @@ class MalformedChunk(_Fault, frozen=True, tag="malformed_chunk"):
 class MissingTerminator(_Fault, frozen=True, tag="missing_terminator"):
     """A complete stream minus its terminator, then a clean end of body: no ``data: [DONE]``
     (OpenAI), no ``message_stop`` (Anthropic), no final chunk with ``finishReason`` (Gemini),
-    no ``done: true`` line (Ollama). Streamed requests only."""
+    no ``done: true`` line (Ollama). Streamed requests only. On OpenAI and Anthropic the
+    finish reason still arrived, so a client that follows the rule "a finish reason and a
+    clean close are a complete answer" (switchboard does) completes; on Gemini and Ollama the
+    finish reason is in the missing part, so the stream is ``stream_interrupted``."""
 
 
 class MidStreamError(_Fault, frozen=True, tag="mid_stream_error"):
