@@ -54,7 +54,15 @@ from protocol._config import (
 )
 from protocol._config_load import load_config
 from protocol._errors import ConfigError, RequestFailed
-from protocol._messages import ChatRequest, Completion, Failure, Message, TextDelta
+from protocol._messages import (
+    ChatRequest,
+    Completion,
+    Failure,
+    Message,
+    Restart,
+    Switched,
+    TextDelta,
+)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -320,6 +328,17 @@ def _print_event(event: Any, as_json: bool) -> None:
         sys.stdout.write(msgspec.json.encode(event).decode() + "\n")
     elif isinstance(event, TextDelta):
         sys.stdout.write(event.text)
+    elif isinstance(event, Restart | Switched):
+        # The terminal cannot take back printed text: say what the client must make of it.
+        target = "/".join(part for part in (event.connection, event.model) if part)
+        where = f" on {target}" if target else ""
+        if isinstance(event, Restart):
+            sys.stdout.write("\n")
+            note = f"[restarted{where} ({event.reason}): discard the text above]"
+        else:
+            note = f"[continued{where} ({event.reason})]"
+        sys.stdout.flush()
+        print(note, file=sys.stderr, flush=True)
     sys.stdout.flush()
 
 

@@ -256,3 +256,25 @@ def test_parser_requires_a_command() -> None:
     with pytest.raises(SystemExit) as info:
         _cli._parser().parse_args([])
     assert info.value.code == 2
+
+
+def test_chat_says_when_a_stream_restarts_or_continues(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Printed text cannot be taken back: a `Restart` tells the reader to discard it."""
+    from protocol._messages import Restart, Switched, TextDelta
+
+    for event in (
+        TextDelta(text="Half an ans"),
+        Restart(reason="stream cut", connection="backup", model="claude"),
+        TextDelta(text="A whole answer."),
+        Switched(reason="stall", connection="third"),
+        TextDelta(text=" More."),
+    ):
+        _cli._print_event(event, False)
+    out, err = capsys.readouterr()
+    assert out == "Half an ans\nA whole answer. More."
+    assert err.splitlines() == [
+        "[restarted on backup/claude (stream cut): discard the text above]",
+        "[continued on third (stall)]",
+    ]
