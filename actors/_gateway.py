@@ -150,6 +150,15 @@ class GatewayBackend(Protocol):
     def status_report(self) -> tuple[str, list[ConnectionStatus]]: ...
 
 
+class HttpDispatch(Protocol):
+    """Another protocol on the gateway's port (the HTTP face): `dispatch` serves a new
+    connection itself, or returns the stream to continue as a WebSocket (``None``: done)."""
+
+    async def dispatch(self, stream: trio.SocketStream) -> trio.abc.Stream | None: ...
+
+    async def shutdown(self, drain_s: float) -> None: ...
+
+
 def _wall_epoch() -> float:
     """The wall-clock time (Unix seconds) at which the trio clock read 0, for calendar budget
     periods (`ClientKeys`)."""
@@ -388,6 +397,8 @@ class Gateway:
         self.backend = backend
         self.config = config
         self.clients = clients if clients is not None else ClientKeys(config, epoch=_wall_epoch())
+        self.http: HttpDispatch | None = None
+        """Plain HTTP on the same port (`actors._http_face.HttpFace`), when set."""
         self.port: int | None = None
         self._sessions: set[_Session] = set()
         self._closing = False
@@ -528,10 +539,14 @@ class Gateway:
         try:
             async with trio.open_nursery() as nursery:
                 request: tw.WebSocketRequest | None = None
+                ws_stream: trio.abc.Stream | None = stream
+                if self.http is not None:  # serves plain HTTP; hands back a WebSocket upgrade
+                    ws_stream = await self.http.dispatch(stream)
                 with trio.move_on_after(self.config.handshake_timeout_s):
-                    request = await tw.wrap_server_stream(
-                        nursery, stream, max_message_size=self.config.max_frame_bytes
-                    )
+                    if ws_stream is not None:
+                        request = await tw.wrap_server_stream(
+                            nursery, ws_stream, max_message_size=self.config.max_frame_bytes
+                        )
                 try:
                     if request is not None:
                         await self._handle(request)
@@ -551,6 +566,8 @@ class Gateway:
         self._closing = True
         goodbye = Goodbye(reason="server shutting down", drain_s=drain_s)
         async with trio.open_nursery() as nursery:
+            if self.http is not None:
+                nursery.start_soon(self.http.shutdown, drain_s)
             for session in list(self._sessions):
                 if session.welcomed:
                     nursery.start_soon(self._reply_quietly, session, goodbye)

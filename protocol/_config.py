@@ -309,9 +309,11 @@ class GatewayConfig(_Conf, frozen=True, kw_only=True):
     ``clients`` are named clients with their own token and limits (no tokens and no clients:
     no auth, only allowed on loopback hosts). ``max_connections`` bounds the open TCP
     connections of the whole server: a further one gets HTTP 503 at once, before the
-    WebSocket upgrade."""
+    WebSocket upgrade. ``http`` also serves the OpenAI-compatible HTTP API (``/v1``),
+    ``/metrics``, ``/healthz`` and ``/readyz`` on the same port (``actors._http_face``)."""
 
     enabled: bool = True
+    http: bool = True
     host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 8765
     tokens: list[Secret] = []

@@ -1,8 +1,9 @@
 """Serving a runtime over the WebSocket gateway.
 
-`RuntimeBackend` adapts a `Runtime` to the `GatewayBackend` protocol the gateway needs (the
-gateway lives in `actors` and may not import `supervisors`); `start_gateway` starts a
-`Gateway` for a runtime in a nursery.
+`RuntimeBackend` adapts a `Runtime` to the `GatewayBackend` protocol the gateway needs, and to
+the HTTP face's `HttpBackend` (both live in `actors` and may not import `supervisors`);
+`start_gateway` starts a `Gateway` for a runtime in a nursery, with the HTTP face on its port
+when ``[gateway] http`` is on.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import msgspec
 import trio
 
 from actors._gateway import Gateway, StreamHandle
 from protocol._config import GatewayConfig
 from protocol._frames import ConnectionStatus
 from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure
+from protocol._openai_face import model_candidates
 
 from ._runtime import Runtime
 
@@ -39,6 +42,24 @@ class RuntimeBackend:
 
     async def embed_request(self, request: EmbedRequest) -> Embeddings | Failure:
         return await self.runtime.embed_result(request)
+
+    # The HTTP face's extra needs (`actors._http_face.HttpBackend`).
+
+    def model_list(self) -> list[tuple[str, str]]:
+        runtime = self.runtime
+        configs = {name: conn.config for name, conn in runtime.connections.items()}
+        candidates = model_candidates(runtime.router.routes, configs)
+        return [(name, owner) for name, owner in candidates if runtime.connections_for(name)]
+
+    def routable(self, model: str) -> bool:
+        return bool(self.runtime.connections_for(model))
+
+    def health_report(self) -> tuple[str, bytes]:
+        health = self.runtime.health()
+        return health.status, msgspec.json.encode(health)
+
+    def metrics_text(self) -> str:
+        return self.runtime.metrics().prometheus()
 
     def status_report(self) -> tuple[str, list[ConnectionStatus]]:
         health = self.runtime.health()
@@ -72,6 +93,11 @@ async def start_gateway(
     """Start a gateway for *runtime* in *nursery* (``config`` defaults to the runtime's
     ``[gateway]`` section, or loopback defaults) and return it once it listens."""
     cfg = config or runtime.config.gateway or GatewayConfig()
-    gateway = Gateway(RuntimeBackend(runtime), cfg)
+    backend = RuntimeBackend(runtime)
+    gateway = Gateway(backend, cfg)
+    if cfg.http:
+        from actors._http_face import HttpFace  # the HTTP stack only when it is used
+
+        gateway.http = HttpFace(backend, cfg, clients=gateway.clients)
     started: Gateway = await nursery.start(gateway.serve)
     return started
