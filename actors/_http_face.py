@@ -10,10 +10,11 @@ with the pure codecs of ``protocol._openai_face`` and ``protocol._anthropic_face
 Design:
 
 - **One port for both.** The gateway's accept loop (which counts connections against
-  ``max_connections``) hands each new TCP stream to `HttpFace.dispatch`. It reads the request
-  head (bounded in size, and in time by ``handshake_timeout_s``) and parses it with h11: a
-  WebSocket upgrade is handed back to the gateway as a stream that first replays the bytes
-  already read (`_Replay`), anything else is served here. So ``ws://host:8765`` and
+  ``max_connections``) hands each new TCP stream to `HttpFace.dispatch`. It reads until h11
+  has parsed the first request head (bounded in size, and in time by ``handshake_timeout_s``;
+  bytes that cannot start a request are known at once): a WebSocket upgrade is handed back
+  to the gateway as a stream that first replays the bytes already read (`_Replay`), anything
+  else is served here. So ``ws://host:8765`` and
   ``http://host:8765/v1`` are the same server and no second port needs opening.
 - **A real HTTP server, not ours.** HTTP/1.1 (keep-alive, chunked bodies, pipelining,
   ``Expect: 100-continue``, h2c) is Hypercorn's: each connection is run by Hypercorn's trio
@@ -105,8 +106,8 @@ Receive = Callable[[], Awaitable[ASGIMessage]]
 Send = Callable[[ASGIMessage], Awaitable[None]]
 
 HEAD_LIMIT: Final = 16 * 1024
-"""The most bytes read to find the end of the first request head (Hypercorn's own limit for
-an incomplete request head is the same)."""
+"""The largest first request head looked at (Hypercorn's own limit for an incomplete request
+head is the same)."""
 
 _READ: Final = 65536
 _CLOSE_GRACE: Final = 2.0
@@ -155,20 +156,33 @@ class HttpFaceStatistics(msgspec.Struct, frozen=True, kw_only=True):
 # --------------------------------------------------------------------------- one port
 
 
-def is_websocket_upgrade(head: bytes) -> bool:
-    """Whether *head* (the first bytes of a connection) is a WebSocket handshake: a ``GET``
-    whose ``Upgrade`` names ``websocket`` and whose ``Connection`` names ``upgrade``, parsed
-    by h11. Anything that does not parse is not one (Hypercorn answers it)."""
+async def sniff(stream: trio.abc.ReceiveStream) -> tuple[bytes, bool]:
+    """Read *stream* until h11 has parsed the first request head, or found that the bytes are
+    not one (or the peer stopped sending, or `HEAD_LIMIT` bytes brought no complete head):
+    the bytes read, and whether they are a WebSocket handshake (a ``GET`` whose ``Upgrade``
+    names ``websocket`` and whose ``Connection`` names ``upgrade``, as wsproto checks).
+    Whatever is not a handshake is Hypercorn's to answer, junk included."""
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
-    try:
-        conn.receive_data(head)
-        event = conn.next_event()
-    except h11.RemoteProtocolError:
-        return False
-    if not isinstance(event, h11.Request) or event.method != b"GET":
+    buffer = bytearray()
+    while True:
+        data = await stream.receive_some(_READ)
+        buffer += data
+        try:
+            conn.receive_data(data)  # b"": the peer's end of stream
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return bytes(buffer), False
+        if isinstance(event, h11.Request):
+            return bytes(buffer), _is_upgrade(event)
+        if event is not h11.NEED_DATA or not data:
+            return bytes(buffer), False
+
+
+def _is_upgrade(request: h11.Request) -> bool:
+    if request.method != b"GET":
         return False
     upgrade = connection = b""
-    for name, value in event.headers:
+    for name, value in request.headers:
         if name == b"upgrade":
             upgrade += b"," + value.lower()
         elif name == b"connection":
@@ -178,21 +192,6 @@ def is_websocket_upgrade(head: bytes) -> bool:
 
 def _tokens(value: bytes) -> set[bytes]:
     return {token.strip() for token in value.split(b",")}
-
-
-async def read_head(stream: trio.abc.ReceiveStream) -> bytes:
-    """Bytes from *stream* up to and including the end of the first request head (maybe a
-    little more), or fewer if the peer stopped sending or `HEAD_LIMIT` was reached."""
-    buffer = bytearray()
-    while len(buffer) < HEAD_LIMIT:
-        start = max(0, len(buffer) - 3)
-        data = await stream.receive_some(_READ)
-        if not data:
-            break
-        buffer += data
-        if b"\r\n\r\n" in buffer[start:]:
-            break
-    return bytes(buffer)
 
 
 class _Replay(trio.abc.HalfCloseableStream):
@@ -500,15 +499,16 @@ class HttpFace:
         """Serve the connection *stream* unless it opens with a WebSocket handshake: then
         return a stream that replays what was read, for the gateway's WebSocket path.
         ``None``: the connection was served here (or sent nothing in time) and is done."""
-        head: bytes | None = None
+        sniffed: tuple[bytes, bool] | None = None
         with trio.move_on_after(self.config.handshake_timeout_s):
             try:
-                head = await read_head(stream)
+                sniffed = await sniff(stream)
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
                 return None
-        if head is None:
+        if sniffed is None:
             return None  # no request head in time: the gateway closes the connection
-        if is_websocket_upgrade(head):
+        head, upgrade = sniffed
+        if upgrade:
             return _Replay(stream, head)
         if head:
             await self._serve_http(stream, head)

@@ -278,6 +278,9 @@ async def _serve(args: argparse.Namespace) -> int:
                 assert rt.gateway is not None
                 path = write_state(rt.gateway.url, token)
                 print(f"gateway listening on {rt.gateway.url}")
+                if rt.gateway.http is not None:
+                    http_url = "http" + rt.gateway.url.removeprefix("ws")
+                    print(f"OpenAI-compatible API on {http_url}/v1 (api_key: the token)")
                 print(f"token: {shown}")
                 print(f"state file: {path} (used by `switchboard chat` and `switchboard status`)")
                 print('try: switchboard chat "hello"   (Ctrl-C stops the server)', flush=True)
