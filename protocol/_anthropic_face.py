@@ -305,8 +305,11 @@ def stop_reason(reason: FinishReason) -> str:
 
 
 def anthropic_usage(usage: Usage) -> dict[str, Any]:
+    """Our `Usage` in Anthropic's shape: its ``input_tokens`` leaves out the cache reads and
+    writes that ours includes (the inverse of the client dialect's ``_usage``)."""
+    cached = usage.cache_read_tokens + usage.cache_write_tokens
     return {
-        "input_tokens": usage.input_tokens,
+        "input_tokens": max(0, usage.input_tokens - cached),
         "output_tokens": usage.output_tokens,
         "cache_read_input_tokens": usage.cache_read_tokens,
         "cache_creation_input_tokens": usage.cache_write_tokens,
