@@ -278,6 +278,29 @@ class RouteConfig(_Conf, frozen=True, kw_only=True):
     context_fallback: str | None = None
     mid_stream: MidStreamPolicy = "fail"
     hedge_after_s: PositiveFloat | Literal["auto"] | None = None
+    cache: CacheConfig | None = None
+    """The response cache and request coalescing for this route (``None``: the runtime's
+    ``[runtime] cache`` default, off unless set)."""
+
+
+class CacheConfig(_Conf, frozen=True, kw_only=True):
+    """The response cache and request coalescing of a route (``[routes.<name>] cache = {
+    ttl_s = 300 }``) or, as ``[runtime] cache``, of every route and model that sets none
+    (``actors._cache``).
+
+    A completion is stored for ``ttl_s`` seconds under an exact-match key over the model name
+    asked for, the messages and every parameter that changes the answer; an identical request
+    within that time gets it back at no cost (``Completion.served_from == "cache"``).
+    ``ttl_s = 0`` stores nothing. With ``coalesce``, identical requests in flight at the same
+    time share one upstream call (streams too). Only deterministic requests (``temperature =
+    0``, or a ``seed`` in ``extra``) are cached or coalesced, unless ``nondeterministic``;
+    embeddings always are. ``enabled = false`` turns a runtime-wide default off for a route.
+    """
+
+    enabled: bool = True
+    ttl_s: NonNegativeFloat = 300.0
+    coalesce: bool = True
+    nondeterministic: bool = False
 
 
 BudgetPeriod = Literal["total", "day", "month"]
@@ -333,6 +356,10 @@ class RuntimeSettings(_Conf, frozen=True, kw_only=True):
     log_prompts: bool = False
     restart_intensity: NonNegativeInt = 3
     restart_period_s: PositiveFloat = 5.0
+    cache: CacheConfig | None = None
+    """The response cache of every route and model that sets none (default: off)."""
+    cache_max_entries: PositiveInt = 10_000
+    """At most this many answers in the in-process cache (least recently used go first)."""
 
 
 class RuntimeConfig(_Conf, frozen=True, kw_only=True):

@@ -35,6 +35,17 @@ FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "refusa
 """
 
 
+CacheMode = Literal["default", "refresh", "off"]
+"""How one request uses the response cache of its route (``ChatRequest.cache``):
+``default`` as the route says; ``refresh`` never takes a stored answer nor joins an identical
+request in flight, but stores its own answer; ``off`` bypasses the cache and coalescing."""
+
+ServedFrom = Literal["upstream", "cache", "coalesced"]
+"""Where an answer came from: a call to a provider (``upstream``, billed), the response cache
+(``cache``), or an identical request's call that this one shared (``coalesced``); the last two
+carry zero usage and cost, since the answer cost nothing more."""
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -128,6 +139,7 @@ class ChatRequest(_Frozen, frozen=True, kw_only=True):
     ``None`` uses the connection's configured timeout. ``fallbacks`` lists further model names
     or routes to try after ``model``'s own targets. ``tool_choice`` is ``"auto"``, ``"none"``,
     ``"required"`` or a tool name. ``extra`` is merged into the provider's request body as is.
+    ``cache`` is how this request uses its route's response cache (`CacheMode`).
     """
 
     model: str
@@ -146,6 +158,7 @@ class ChatRequest(_Frozen, frozen=True, kw_only=True):
     fallbacks: list[str] = []
     strategy: str | None = None
     extra: dict[str, Any] = {}
+    cache: CacheMode = "default"
 
 
 class EmbedRequest(_Frozen, frozen=True, kw_only=True):
@@ -159,6 +172,7 @@ class EmbedRequest(_Frozen, frozen=True, kw_only=True):
     timeout: float | None = None
     fallbacks: list[str] = []
     extra: dict[str, Any] = {}
+    cache: CacheMode = "default"
 
 
 # --------------------------------------------------------------------------- results
@@ -226,6 +240,11 @@ class Completion(_Frozen, frozen=True, kw_only=True):
     an ordinary answer, several when a stream was continued on other targets (see `Switched`).
     ``usage`` and ``cost`` are the sums over them. The router fills it in; it is empty when
     a connection was asked directly (then ``connection``/``model`` produced everything).
+
+    ``served_from`` is ``cache`` for an answer from the response cache and ``coalesced`` for
+    one shared with an identical request in flight: then ``usage`` and ``cost`` are zero,
+    ``attempts`` is 0 and ``produced_by`` empty (the answer cost nothing more), while
+    ``connection``/``model``/``response_id`` still name who produced it.
     """
 
     text: str = ""
@@ -242,6 +261,7 @@ class Completion(_Frozen, frozen=True, kw_only=True):
     time_to_first_token: float | None = None
     cost: float | None = None
     produced_by: list[Producer] = []
+    served_from: ServedFrom = "upstream"
 
 
 class Embeddings(_Frozen, frozen=True, kw_only=True):
@@ -255,6 +275,7 @@ class Embeddings(_Frozen, frozen=True, kw_only=True):
     attempts: int = 1
     latency: float | None = None
     cost: float | None = None
+    served_from: ServedFrom = "upstream"
 
 
 class Failure(_Frozen, frozen=True, kw_only=True):
