@@ -165,7 +165,7 @@ async def sniff(stream: trio.abc.ReceiveStream) -> tuple[bytes, bool]:
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=HEAD_LIMIT)
     buffer = bytearray()
     while True:
-        data = await stream.receive_some(_READ)
+        data = bytes(await stream.receive_some(_READ))
         buffer += data
         try:
             conn.receive_data(data)  # b"": the peer's end of stream
@@ -211,10 +211,13 @@ class _Replay(trio.abc.HalfCloseableStream):
         on_slow: Callable[[], None] | None = None,
     ) -> None:
         self.stream = stream
-        self.socket = stream.socket
         self._head = head
         self._write_timeout = write_timeout
         self._on_slow = on_slow
+
+    @property
+    def socket(self) -> trio.socket.SocketType:
+        return self.stream.socket
 
     def __repr__(self) -> str:
         try:
