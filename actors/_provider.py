@@ -325,8 +325,8 @@ class Connection:
         budget = timeout if timeout is not None else request.timeout
         return deadline_after(self.config.timeout if budget is None else budget)
 
-    def _call(self, request: Request, model: str | None) -> Call:
-        return Call(request, self.config.resolve_model(model or request.model))
+    def _call(self, request: Request, model: str | None, failover_available: bool = False) -> Call:
+        return Call(request, self.config.resolve_model(model or request.model), failover_available)
 
     def _rejection(self, exc: Exception, call: Call) -> Failure:
         if isinstance(exc, QueueFull):
@@ -447,11 +447,22 @@ class Connection:
             call = Call(request, refused.model)
             deadline = trio.current_time()
         else:
-            call = self._call(request, model)
-            if failover_available:
-                call = msgspec.structs.replace(call, failover_available=True)
+            call = self._call(request, model, failover_available)
             if deadline is None:
                 deadline = self._deadline(request, timeout)
+        async with self._open_stream(call, deadline, buffer, refused) as handle:
+            yield handle
+
+    @asynccontextmanager
+    async def _open_stream(
+        self,
+        call: Call,
+        deadline: float,
+        buffer: int = STREAM_BUFFER,
+        refused: Failure | None = None,
+    ) -> AsyncIterator[ReplyStream]:
+        """`stream` for a request already checked (the router checks at its door): enqueue
+        *call* with its reply channel, or end it at once with *refused*."""
         send, receive = trio.open_memory_channel[StreamEvent](buffer)
         envelope: ProviderEnvelope = Envelope(call, deadline=deadline, stream=send)
         try:
@@ -535,6 +546,12 @@ class ReplyStream:
             return await events.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        """Stop the request now: its upstream request is cancelled (its usage still
+        recorded) and the stream ends with a ``cancelled`` failure. Idempotent."""
+        if not self._envelope.resolved:
+            self._envelope.abandon()
 
     async def wait(self) -> Completion | Failure:
         """The terminal result (waits for it if the stream is still running)."""

@@ -64,8 +64,8 @@ import fnmatch
 import math
 import random
 from bisect import insort
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
 from typing import NamedTuple
 
 import msgspec
@@ -90,9 +90,8 @@ from protocol._messages import (
 from protocol._validate import refusal
 
 from ._breaker import BreakerState
-from ._groups import unwrapping
 from ._metrics import cost_of, price_for
-from ._provider import Call, Connection, deadline_after
+from ._provider import Call, Connection, ReplyStream, deadline_after
 
 DEFAULT_ROUTE = RouteConfig(targets=[])
 
@@ -276,25 +275,82 @@ def _count(n: int, what: str) -> str:
     return f"{n} {what}" if n == 1 else f"{n} {what}s"
 
 
+class _Source:
+    """One try as the caller reads it: the connection's stream, the event announcing it (sent
+    just before its first event), events already taken from it (a hedge's first event), and
+    what of it reached the caller."""
+
+    __slots__ = ("ahead", "announce", "emitted", "stream", "text")
+
+    def __init__(self, stream: ReplyStream, announce: StreamEvent | None) -> None:
+        self.stream = stream
+        self.announce = announce
+        self.ahead: list[StreamEvent] = []
+        self.emitted = False
+        """Events of this try reached the caller."""
+        self.text: list[str] = []
+        """The text this try sent to the caller."""
+
+
 class RouterStream:
-    """The caller's side of a routed stream: iterate events, then read ``result``."""
+    """The caller's side of a routed stream: iterate events, then read ``result``.
 
-    def __init__(self, events: trio.MemoryReceiveChannel[StreamEvent]) -> None:
-        self._events = events
+    The caller's task reads each try's events straight from its connection's stream: no
+    task and no channel in between, so a routed event costs what a connection's does. The
+    routing itself (`Router._tries`, an async generator yielding one try at a time) runs in
+    the caller's task too, between tries."""
+
+    def __init__(self) -> None:
+        self._tries: AsyncGenerator[_Source, None] | None = None
+        self._source: _Source | None = None
         self._result: Completion | Failure | None = None
-        self._done = trio.Event()
 
-    def __aiter__(self) -> AsyncIterator[StreamEvent]:
-        return self._events.__aiter__()
+    def __aiter__(self) -> RouterStream:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while True:
+            source = self._source
+            if source is not None:
+                if source.ahead:
+                    event: StreamEvent | None = source.ahead.pop(0)
+                else:
+                    try:
+                        event = await source.stream.__anext__()
+                    except StopAsyncIteration:
+                        event = None
+                if event is not None:
+                    if not source.emitted:
+                        source.emitted = True
+                        announce = source.announce
+                        if announce is not None:  # the switch to this try, just before it
+                            source.announce = None
+                            source.ahead.insert(0, event)
+                            return announce
+                    if isinstance(event, TextDelta):
+                        source.text.append(event.text)
+                    return event
+                self._source = None
+            tries = self._tries
+            if tries is None:
+                raise StopAsyncIteration
+            try:
+                self._source = await tries.__anext__()  # route: the next try, or the end
+            except StopAsyncIteration:
+                self._tries = None
+                raise
 
     def _finish(self, result: Completion | Failure) -> None:
         if self._result is None:
             self._result = result
-            self._done.set()
 
     async def wait(self) -> Completion | Failure:
-        await self._done.wait()
-        assert self._result is not None
+        """The terminal result. Events not read yet are read and dropped."""
+        while self._result is None:
+            async for _ in self:
+                pass
+            if self._result is None:  # only when the routing ended without one (a bug)
+                raise RuntimeError("the stream ended without a result")
         return self._result
 
     @property
@@ -303,6 +359,56 @@ class RouterStream:
         if self._result is None:
             raise RuntimeError("the stream has not ended yet")
         return self._result
+
+
+class _Race:
+    """A hedged try (see `Router._race`): two targets, the first to send an event wins."""
+
+    def __init__(self, pair: tuple[ResolvedTarget, ResolvedTarget]) -> None:
+        self.pair = pair
+        self.sources: dict[int, _Source] = {}
+        """The targets started, by position in the pair."""
+        self.results: dict[int, Completion | Failure] = {}
+        self.winner: int | None = None
+
+    async def first_event(self, key: int) -> bool:
+        """Wait for the first event of *key*; on it, *key* wins unless the other won first.
+        False when the stream ended without an event."""
+        source = self.sources[key]
+        try:
+            event = await source.stream.__anext__()
+        except StopAsyncIteration:
+            return False
+        source.ahead.append(event)
+        if self.winner is None:
+            self.winner = key
+        return True
+
+    async def ended(self, key: int) -> None:
+        """*key*'s stream ended without an event: take its result."""
+        self.results[key] = await self.sources[key].stream.wait()
+
+    async def outcome(self, request: ChatRequest) -> _Try:
+        """How the race went, once the caller read the winner to its end."""
+        winner = self.winner
+        if winner is not None:
+            self.results[winner] = await self.sources[winner].stream.wait()
+        # A cancelled loser made one attempt that has no result here.
+        attempts = sum(r.attempts for r in self.results.values())
+        attempts += sum(1 for key in self.sources if key not in self.results)
+        failures = [r for k in (0, 1) if isinstance(r := self.results.get(k), Failure)]
+        if winner is not None:
+            source = self.sources[winner]
+            return _Try(self.results[winner], attempts, source.emitted, source.text, failures)
+        if failures:
+            return _Try(failures[-1], attempts, False, [], failures)
+        cancelled = Failure.of(
+            ErrorKind.CANCELLED,
+            "hedged stream ended without a result",
+            request_id=request.request_id,
+            model=request.model,
+        )
+        return _Try(cancelled, attempts, False, [], [cancelled])
 
 
 class Router:
@@ -523,7 +629,7 @@ class Router:
         while (target := await targets.next()) is not None:
             conn = self.connections[target.connection]
             call = Call(request, target.model, failover_available=targets.more())
-            result = await conn.ask(call, deadline=deadline)
+            result = await conn._enqueue(call, deadline)  # checked at the door (_prepare)
             if isinstance(result, Embeddings):
                 return msgspec.structs.replace(result, attempts=attempts + result.attempts)
             if isinstance(result, Completion):
@@ -609,48 +715,47 @@ class Router:
     @asynccontextmanager
     async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream]:
         """Stream *request* over its targets: ``async with router.stream(req) as s: async for
-        ev in s: ...``; then ``s.result``. Leaving early cancels the upstream request."""
-        send, receive = trio.open_memory_channel[StreamEvent](0)
-        handle = RouterStream(receive)
-        async with unwrapping(), trio.open_nursery() as nursery:
-            nursery.start_soon(self._drive, request, send, handle)
-            try:
-                with receive:
-                    yield handle
-            finally:
-                nursery.cancel_scope.cancel()
-                if handle._result is None:
-                    handle._finish(
-                        Failure.of(
-                            ErrorKind.CANCELLED,
-                            "the caller left the stream",
-                            request_id=request.request_id,
-                            model=request.model,
-                        )
+        ev in s: ...``; then ``s.result``. The request is checked, its targets planned and its
+        deadline fixed on entering the block; the first try starts with the first read.
+        Leaving early cancels the upstream request."""
+        handle = RouterStream()
+        tries = handle._tries = self._tries(request, self._prepare(request), handle)
+        try:
+            yield handle
+        finally:
+            # Closes the try in progress (its upstream request is cancelled, its usage still
+            # recorded by its connection). Nothing in there waits: safe when cancelled.
+            await tries.aclose()
+            if handle._result is None:
+                handle._finish(
+                    Failure.of(
+                        ErrorKind.CANCELLED,
+                        "the caller left the stream",
+                        request_id=request.request_id,
+                        model=request.model,
                     )
+                )
 
-    async def _drive(
+    async def _tries(
         self,
         request: ChatRequest,
-        send: trio.MemorySendChannel[StreamEvent],
+        prepared: Failure | tuple[RouteConfig, list[ResolvedTarget], float],
         handle: RouterStream,
-    ) -> None:
-        async with send:
-            result = await self._stream_targets(request, send)
-            handle._finish(result)
-
-    async def _stream_targets(
-        self, request: ChatRequest, send: trio.MemorySendChannel[StreamEvent]
-    ) -> Completion | Failure:
+    ) -> AsyncGenerator[_Source, None]:
         """Theory of operation (one routed stream):
 
+        This generator yields the tries of the stream one at a time, and the caller's
+        `RouterStream` reads each try's events until it ends, then asks for the next; at
+        the end the result goes to *handle*. Each try's connection stream is opened here, so
+        closing the generator (the caller left) closes it and cancels the upstream request.
+
         Targets are tried in order (`_Targets`: unavailable ones set aside, waited for when
-        nothing else is left). Each try is one target (`_one_stream`) or, when the route
-        hedges and the caller holds nothing, a race of the target and the next available one
-        (`_hedged`). A try ends with a completion (done: for a continuation the completion's
-        text is prefixed with the text the caller already holds, and its usage and cost add
-        up every try in ``produced_by``), or with a failure, which is then handled by what
-        the caller holds:
+        nothing else is left). Each try is one target or, when the route hedges and the
+        caller holds nothing, a race of the target and the next available one (`_race`). A
+        try ends with a completion (done: for a continuation the completion's text is
+        prefixed with the text the caller already holds, and its usage and cost add up every
+        try in ``produced_by``), or with a failure, which is then handled by what the caller
+        holds:
 
         - nothing (or only text a pending restart discards): ordinary failover
           (``failover_on``, ``context_fallback``), exactly as for `chat`;
@@ -665,9 +770,9 @@ class Router:
         A switch is pending until a try sends its first event: that event is preceded by
         `Switched` (continue) or `Restart` (restart) naming the target that sent it.
         """
-        prepared = self._prepare(request)
         if isinstance(prepared, Failure):
-            return prepared
+            handle._finish(prepared)
+            return
         route, ordered, deadline = prepared
         targets = _Targets(self.connections, ordered, deadline)
         attempts = 0
@@ -713,12 +818,26 @@ class Router:
             hedge = self._hedge_delay(route, conn) if not holding else None
             partner = targets.take(trio.current_time()) if hedge is not None else None
             if partner is not None and hedge is not None:
-                done = await self._hedged(
-                    current, target, partner, deadline, send, hedge, targets.more(), switch
-                )
+                async with AsyncExitStack() as stack:
+                    race = await self._race(
+                        stack, current, (target, partner), deadline, hedge, targets.more(), switch
+                    )
+                    if race.winner is not None:
+                        yield race.sources[race.winner]
+                    done = await race.outcome(request)
             else:
-                done = await self._one_stream(
-                    current, target, deadline, send, targets.more(), switch
+                async with conn._open_stream(
+                    Call(current, target.model, targets.more()), deadline
+                ) as stream:
+                    source = _Source(stream, _announcement(switch, target))
+                    yield source
+                    one = await stream.wait()
+                done = _Try(
+                    one,
+                    one.attempts,
+                    source.emitted,
+                    source.text,
+                    [one] if isinstance(one, Failure) else [],
                 )
             result = done.result
             attempts += done.attempts
@@ -728,7 +847,8 @@ class Router:
                 holding = True
                 emitted_text.extend(done.text)
             if not isinstance(result, Failure):
-                return self._assemble(result, prefix, kept, attempts)
+                handle._finish(self._assemble(result, prefix, kept, attempts))
+                return
             if done.text:
                 kept.append(self._kept(result))
             if result.retry_after is not None:
@@ -761,7 +881,7 @@ class Router:
             else:
                 discard()
                 switch = ("restart", reason)
-        return self._failed(request, failures, targets, attempts)
+        handle._finish(self._failed(request, failures, targets, attempts))
 
     def _kept(self, failure: Failure) -> Producer:
         """A failed try whose text the caller holds, as a producer of the answer: the usage
@@ -810,107 +930,59 @@ class Router:
             return None if conn.ttft_ewma is None else 2 * conn.ttft_ewma
         return float(hedge)
 
-    async def _one_stream(
+    async def _race(
         self,
+        stack: AsyncExitStack,
         request: ChatRequest,
-        target: ResolvedTarget,
+        pair: tuple[ResolvedTarget, ResolvedTarget],
         deadline: float,
-        send: trio.MemorySendChannel[StreamEvent],
-        failover_available: bool,
-        switch: _Switch | None,
-    ) -> _Try:
-        """Stream one target into *send*, announcing *switch* before its first event."""
-        conn = self.connections[target.connection]
-        emitted = False
-        text: list[str] = []
-        announce = _announcement(switch, target)
-        async with conn.stream(
-            request, model=target.model, deadline=deadline, failover_available=failover_available
-        ) as s:
-            async for event in s:
-                if announce is not None:
-                    await send.send(announce)
-                    announce = None
-                if isinstance(event, TextDelta):
-                    text.append(event.text)
-                emitted = True
-                await send.send(event)
-            result = await s.wait()
-        failures = [result] if isinstance(result, Failure) else []
-        return _Try(result, result.attempts, emitted, text, failures)
-
-    async def _hedged(
-        self,
-        request: ChatRequest,
-        first: ResolvedTarget,
-        second: ResolvedTarget,
-        deadline: float,
-        send: trio.MemorySendChannel[StreamEvent],
         delay: float,
         more_targets: bool,
         switch: _Switch | None,
-    ) -> _Try:
-        """Race *first* against *second*, started *delay* seconds later (or as soon as
-        *first* ends without an event). The first target to produce an event wins (its first
-        event is preceded by the announcement of *switch*, naming it) and the other is
-        cancelled (its connection records its usage as wasted)."""
-        winner: list[str] = []
-        results: dict[str, Completion | Failure] = {}
-        started: set[str] = set()
-        texts: dict[str, list[str]] = {"a": [], "b": []}
-        scopes: dict[str, trio.CancelScope] = {}
-        wake_second = trio.Event()
+    ) -> _Race:
+        """Race the first target of *pair* against the second, started *delay* seconds later
+        (or as soon as the first ends without an event), until one produces an event: it
+        wins (the event waits in its source's ``ahead``, announced by *switch* naming it) and
+        the other is cancelled (its connection records its usage as wasted). The streams are
+        opened on *stack*, so they stay open while the caller reads the winner."""
+        race = _Race(pair)
 
-        async def run(target: ResolvedTarget, key: str, start_after: float) -> None:
-            if start_after:
-                with trio.move_on_after(start_after):
-                    await wake_second.wait()
-                if winner:
-                    return
+        async def start(key: int) -> _Source | None:
+            target = pair[key]
             conn = self.connections.get(target.connection)
-            if conn is None:
-                return
-            started.add(key)
-            failover = True if key == "a" else more_targets
-            with trio.CancelScope() as scope:
-                scopes[key] = scope
-                async with conn.stream(
-                    request, model=target.model, deadline=deadline, failover_available=failover
-                ) as s:
-                    async for event in s:
-                        if not winner:
-                            winner.append(key)
-                            wake_second.set()
-                            other = "b" if key == "a" else "a"
-                            if other in scopes:
-                                scopes[other].cancel()
-                            announce = _announcement(switch, target)
-                            if announce is not None:
-                                await send.send(announce)
-                        if winner[0] != key:
-                            break
-                        if isinstance(event, TextDelta):
-                            texts[key].append(event.text)
-                        await send.send(event)
-                    results[key] = await s.wait()
-            if key == "a":
-                wake_second.set()
+            if conn is None:  # removed while this request was being routed
+                return None
+            call = conn._call(request, target.model, True if key == 0 else more_targets)
+            stream = await stack.enter_async_context(conn._open_stream(call, deadline))
+            source = race.sources[key] = _Source(stream, _announcement(switch, target))
+            return source
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(run, first, "a", 0.0)
-            nursery.start_soon(run, second, "b", delay)
-        # A cancelled loser made one attempt that has no result here.
-        attempts = sum(r.attempts for r in results.values())
-        attempts += sum(1 for key in started if key not in results)
-        failures = [r for k in ("a", "b") if isinstance(r := results.get(k), Failure)]
-        if winner and winner[0] in results:
-            return _Try(results[winner[0]], attempts, True, texts[winner[0]], failures)
-        if failures:
-            return _Try(failures[-1], attempts, bool(winner), [], failures)
-        cancelled = Failure.of(
-            ErrorKind.CANCELLED,
-            "hedged stream ended without a result",
-            request_id=request.request_id,
-            model=request.model,
-        )
-        return _Try(cancelled, attempts, bool(winner), [], [cancelled])
+        first = await start(0)
+        running: list[int] = []
+        if first is not None:
+            with trio.move_on_after(delay):
+                if await race.first_event(0):
+                    return race
+                await race.ended(0)
+            if 0 not in race.results:
+                running.append(0)  # no event yet: hedge
+        if await start(1) is not None:
+            running.append(1)
+        if len(running) == 1:
+            if not await race.first_event(running[0]):
+                await race.ended(running[0])
+        elif running:
+            async with trio.open_nursery() as nursery:
+
+                async def watch(key: int) -> None:
+                    if await race.first_event(key):
+                        nursery.cancel_scope.cancel()  # the first event wins
+                    else:
+                        await race.ended(key)
+
+                for key in running:
+                    nursery.start_soon(watch, key)
+        for key in running:
+            if key != race.winner and key not in race.results:
+                race.sources[key].stream.cancel()  # the loser, or still silent at the end
+        return race
