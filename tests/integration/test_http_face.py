@@ -828,3 +828,16 @@ def test_the_openai_sdk_against_a_real_switchboard_serve(
     assert vectors.data[0].embedding
     assert server.returncode == 0, output
     assert f"OpenAI-compatible API on {base}" in output
+
+
+async def test_http_false_leaves_the_port_to_the_websocket_gateway() -> None:
+    async with serving(gateway={"http": False}) as served:
+        assert served.rt.gateway is not None
+        assert served.rt.gateway.http is None
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(httpx.HTTPError):  # no HTTP API: the handshake is refused
+                response = await http.get(f"{served.url}/v1/models", timeout=5)
+                response.raise_for_status()
+        async with Client.connect(served.rt.gateway.url, token=TOKEN) as ws:
+            request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
+            assert (await ws.chat(request)).text
