@@ -56,6 +56,19 @@ class MailboxClosed(Exception):
     """The actor behind this mailbox was stopped for good."""
 
 
+class Interrupted(Exception):
+    """Raised by `Mailbox.get` in a task woken by `Mailbox.interrupt_getters`."""
+
+
+class _Interrupt:
+    """What `Mailbox.interrupt_getters` sends: never an envelope, never queued."""
+
+    __slots__ = ()
+
+
+_INTERRUPT = _Interrupt()
+
+
 class Envelope(Generic[Req, Rep, Ev]):
     """One request in flight: the payload, its absolute deadline (trio clock, ``inf`` for
     none), the one-shot reply slot and, for streams, the send side of the reply channel."""
@@ -152,7 +165,7 @@ class Mailbox(Generic[Req, Rep, Ev]):
             raise ValueError("mailbox capacity must be at least 1")
         self.capacity = capacity
         self.when_full = when_full
-        send, receive = trio.open_memory_channel[Envelope[Req, Rep, Ev]](capacity)
+        send, receive = trio.open_memory_channel[Envelope[Req, Rep, Ev] | _Interrupt](capacity)
         self._send = send
         self._receive = receive
         self._peak_queued = 0
@@ -221,18 +234,37 @@ class Mailbox(Generic[Req, Rep, Ev]):
     # -- actor side --------------------------------------------------------------------
 
     async def get(self) -> Envelope[Req, Rep, Ev]:
-        """The next envelope (FIFO). Raises `MailboxClosed` once closed and drained."""
+        """The next envelope (FIFO). Raises `MailboxClosed` once closed and drained, and
+        `Interrupted` in a task woken by `interrupt_getters`."""
         try:
-            return await self._receive.receive()
+            item = await self._receive.receive()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise MailboxClosed from None
+        if isinstance(item, _Interrupt):
+            raise Interrupted
+        return item
 
     def get_nowait(self) -> Envelope[Req, Rep, Ev]:
         """The next envelope, or `trio.WouldBlock`."""
         try:
-            return self._receive.receive_nowait()
+            item = self._receive.receive_nowait()
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise MailboxClosed from None
+        assert not isinstance(item, _Interrupt)  # only ever handed to a waiting task
+        return item
+
+    def interrupt_getters(self, count: int) -> int:
+        """Make up to *count* tasks waiting in `get` right now raise `Interrupted` (an actor
+        retiring idle workers). Only tasks already waiting are woken, so nothing queued is
+        passed over; returns how many were."""
+        woken = 0
+        while woken < count and self._send.statistics().tasks_waiting_receive:
+            try:
+                self._send.send_nowait(_INTERRUPT)
+            except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                break
+            woken += 1
+        return woken
 
     def note_shed(self) -> None:
         self._shed += 1

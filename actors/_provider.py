@@ -111,7 +111,14 @@ from ._breaker import Breaker, BreakerSnapshot, BreakerState, Permit
 from ._groups import first_error, only_cancelled
 from ._http_errors import failure_from_exception, is_httpx_error
 from ._limiter import Grant, Limiter, LimiterSnapshot
-from ._mailbox import Envelope, Mailbox, MailboxClosed, MailboxStatistics, QueueFull
+from ._mailbox import (
+    Envelope,
+    Interrupted,
+    Mailbox,
+    MailboxClosed,
+    MailboxStatistics,
+    QueueFull,
+)
 from ._metrics import ConnectionMetrics, ConnectionMetricsSnapshot, cost_of, price_for
 from ._retry import RetryBudget, RetryPolicy
 
@@ -223,8 +230,8 @@ class Connection:
         self.max_in_flight = (
             max_in_flight or config.rate_limit.concurrent_requests or (DEFAULT_MAX_IN_FLIGHT)
         )
-        # The running incarnation's in-flight slots (resized by `override`).
-        self._slots: trio.CapacityLimiter | None = None
+        # How `override` resizes the running incarnation's in-flight slots.
+        self._resize: Callable[[int], None] | None = None
         self.incarnation = 0
         self.running = False
         # Envelopes an incarnation has taken from the mailbox and not yet finished.
@@ -263,8 +270,8 @@ class Connection:
         )
         if self._fixed_in_flight is None:
             self.max_in_flight = config.rate_limit.concurrent_requests or DEFAULT_MAX_IN_FLIGHT
-            if self._slots is not None:
-                self._slots.total_tokens = self.max_in_flight
+            if self._resize is not None:
+                self._resize(self.max_in_flight)
 
     def force_open(self) -> None:
         """Refuse every request until `force_close` (an operator's command; idempotent)."""
@@ -769,6 +776,12 @@ class ProviderActor:
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
+        # The running incarnation's workers (see `_work`), set up by `run`.
+        self._slots = trio.CapacityLimiter(max(1, connection.max_in_flight))
+        self._workers = 0
+        self._idle = 0
+        self._nursery: trio.Nursery
+        self._pool: _ClientPool
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         conn = self.connection
@@ -776,20 +789,16 @@ class ProviderActor:
         conn.running = True
         pool = _ClientPool(conn.transport, conn.config.timeouts.connect)
         in_flight = conn._taken
-        slots = conn._slots = trio.CapacityLimiter(conn.max_in_flight)
+        self._slots = trio.CapacityLimiter(conn.max_in_flight)
+        self._workers = 1  # this task is the first worker
+        self._idle = 0
         try:
             async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._pool = pool
+                conn._resize = self._resize
                 task_status.started()
-                while True:
-                    ticket = _Ticket()
-                    await slots.acquire_on_behalf_of(ticket)
-                    try:
-                        envelope = await conn.mailbox.get()
-                    except MailboxClosed:
-                        slots.release_on_behalf_of(ticket)
-                        break
-                    in_flight.add(envelope)
-                    nursery.start_soon(self._serve, envelope, pool, in_flight, slots, ticket)
+                await self._work()
         except BaseException as exc:
             cancelled = only_cancelled(exc)
             redactor = conn._generation.redactor
@@ -810,22 +819,75 @@ class ProviderActor:
             raise
         finally:
             conn.running = False
-            conn._slots = None
+            conn._resize = None
             await pool.aclose()
 
+    # -- workers --------------------------------------------------------------------------
+
+    async def _work(self) -> None:
+        """One long-lived worker: take a request from the mailbox while holding one of the
+        incarnation's in-flight slots, serve it, repeat. A request costs no task of its own;
+        workers are hired as concurrency grows (one always waits idle while slots are left,
+        see `_hire`) and stay, up to ``max_in_flight``. A worker retires when the mailbox is
+        closed and drained, or when `Connection.override` lowered ``max_in_flight`` below
+        the number of workers."""
+        conn = self.connection
+        mailbox = conn.mailbox
+        slots = self._slots
+        in_flight = conn._taken
+        ticket = _Ticket()
+        try:
+            while True:
+                try:
+                    slots.acquire_on_behalf_of_nowait(ticket)
+                except trio.WouldBlock:
+                    if self._workers > slots.total_tokens:
+                        return  # resized down: one worker too many
+                    await slots.acquire_on_behalf_of(ticket)
+                self._idle += 1
+                try:
+                    envelope = await mailbox.get()
+                except (MailboxClosed, Interrupted):
+                    slots.release_on_behalf_of(ticket)
+                    return
+                finally:
+                    self._idle -= 1
+                in_flight.add(envelope)
+                if not self._idle:
+                    self._hire()
+                try:
+                    await self._serve(envelope, self._pool, in_flight)
+                finally:
+                    slots.release_on_behalf_of(ticket)
+        finally:
+            self._workers -= 1
+
+    def _hire(self) -> None:
+        """Start a worker if a slot is left for it (called when none is idle), so that a
+        request arriving while every worker is busy is taken at once."""
+        if self._workers < self._slots.total_tokens:
+            self._workers += 1
+            self._nursery.start_soon(self._work)
+
+    def _resize(self, max_in_flight: int) -> None:
+        """`Connection.override` changed ``max_in_flight``: more slots wake a worker (or hire
+        one) for queued requests; fewer retire idle workers at once and busy ones as they
+        finish."""
+        slots = self._slots
+        slots.total_tokens = max_in_flight
+        excess = self._workers - max_in_flight
+        if excess > 0:
+            self.connection.mailbox.interrupt_getters(excess)
+        elif not self._idle:
+            self._hire()
+
     async def _serve(
-        self,
-        envelope: ProviderEnvelope,
-        pool: _ClientPool,
-        in_flight: set[ProviderEnvelope],
-        slots: trio.CapacityLimiter,
-        ticket: _Ticket,
+        self, envelope: ProviderEnvelope, pool: _ClientPool, in_flight: set[ProviderEnvelope]
     ) -> None:
         conn = self.connection
         mailbox = conn.mailbox
         if envelope.resolved:  # shed by its caller while queued: already counted
             in_flight.discard(envelope)
-            slots.release_on_behalf_of(ticket)
             return
         mailbox.started()
         start = trio.current_time()
@@ -835,7 +897,6 @@ class ProviderActor:
             # Also when the actor crashes: the mailbox outlives this incarnation.
             mailbox.finished(trio.current_time() - start)
         in_flight.discard(envelope)
-        slots.release_on_behalf_of(ticket)
 
     async def _serve_started(
         self, envelope: ProviderEnvelope, pool: _ClientPool, start: float

@@ -1,0 +1,124 @@
+"""The provider actor's long-lived workers: a request costs no task of its own, workers are
+hired as concurrency grows up to ``max_in_flight``, and `Connection.override` resizes them
+at once in both directions. Structure and counts only (the cost is `bench/overhead.py`'s)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import msgspec
+import trio
+import trio.testing
+
+from actors._mailbox import Interrupted, Mailbox
+from actors.testing._faults import FaultPlan, Latency
+from protocol._config import RateLimitConfig
+from protocol._messages import Completion
+
+from .test_provider import chat_request, config, connect, serving, stream_all
+
+
+class Spawns(trio.abc.Instrument):
+    def __init__(self) -> None:
+        self.names: list[str] = []
+
+    def task_spawned(self, task: trio.lowlevel.Task) -> None:
+        self.names.append(task.name)
+
+
+@contextmanager
+def spawns() -> Iterator[Spawns]:
+    instrument = Spawns()
+    trio.lowlevel.add_instrument(instrument)
+    try:
+        yield instrument
+    finally:
+        trio.lowlevel.remove_instrument(instrument)
+
+
+async def test_requests_start_no_task_of_their_own(autojump_clock: trio.testing.MockClock) -> None:
+    conn, _ = connect(config("openai"))
+    async with serving(conn):
+        await conn.chat(chat_request())  # warm: the first request hires the idle worker
+        with spawns() as spawned:
+            for _ in range(5):
+                assert isinstance(await conn.chat(chat_request()), Completion)
+                _, result = await stream_all(conn, chat_request())
+                assert isinstance(result, Completion)
+        assert spawned.names == []
+
+
+async def test_workers_grow_with_concurrency_up_to_max_in_flight(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn, _ = connect(config("openai"), FaultPlan.always(Latency(seconds=10.0)))
+    conn.max_in_flight = 3
+    async with serving(conn) as nursery:
+        with spawns() as spawned:
+            for _ in range(5):
+                nursery.start_soon(conn.chat, chat_request())
+            await trio.testing.wait_all_tasks_blocked()
+            stats = conn.statistics().mailbox
+        assert (stats.in_flight, stats.queued) == (3, 2)
+        workers = [n for n in spawned.names if n.endswith("ProviderActor._work")]
+        assert len(workers) == 2  # with the actor's own task: three, one per slot
+
+
+async def test_override_up_takes_queued_requests_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cfg = config("openai", rate_limit=RateLimitConfig(concurrent_requests=1))
+    conn, _ = connect(cfg, FaultPlan.always(Latency(seconds=10.0)))
+    async with serving(conn) as nursery:
+        for _ in range(3):
+            nursery.start_soon(conn.chat, chat_request())
+        await trio.testing.wait_all_tasks_blocked()
+        assert conn.statistics().mailbox.in_flight == 1
+        conn.override(
+            msgspec.structs.replace(cfg, rate_limit=RateLimitConfig(concurrent_requests=3))
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        stats = conn.statistics().mailbox
+        assert (stats.in_flight, stats.queued) == (3, 0)
+        assert trio.current_time() == 0.0
+
+
+async def test_override_down_retires_idle_workers_at_once(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    cfg = config("openai", rate_limit=RateLimitConfig(concurrent_requests=4))
+    conn, _ = connect(cfg, FaultPlan.always(Latency(seconds=10.0)))
+    async with serving(conn) as nursery:
+        async with trio.open_nursery() as burst:
+            for _ in range(4):
+                burst.start_soon(conn.chat, chat_request())
+        # Four workers now wait idle, each holding a slot.
+        conn.override(
+            msgspec.structs.replace(cfg, rate_limit=RateLimitConfig(concurrent_requests=1))
+        )
+        for _ in range(3):
+            nursery.start_soon(conn.chat, chat_request())
+        await trio.testing.wait_all_tasks_blocked()
+        stats = conn.statistics().mailbox
+        assert (stats.in_flight, stats.queued) == (1, 2)
+
+
+async def test_interrupt_getters_wakes_only_tasks_already_waiting() -> None:
+    mailbox: Mailbox[str, str, str] = Mailbox(4)
+    outcomes: list[str] = []
+
+    async def getter() -> None:
+        try:
+            outcomes.append((await mailbox.get()).request)
+        except Interrupted:
+            outcomes.append("interrupted")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(getter)
+        nursery.start_soon(getter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert mailbox.interrupt_getters(5) == 2
+    assert outcomes == ["interrupted", "interrupted"]
+    assert mailbox.interrupt_getters(1) == 0  # nobody waits: nothing is sent or queued
+    assert mailbox.statistics().queued == 0
