@@ -46,6 +46,7 @@ import httpx
 import msgspec
 import trio
 
+from actors._cache import CacheStatistics, MemoryStore, ResponseCache, SharedStream
 from actors._client_keys import ClientStatistics
 from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
@@ -80,6 +81,8 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     saw, after routing (a request that failed over and then succeeded is one completion);
     ``queued``/``in_flight`` are the connections' current queue depths. ``clients`` holds the
     gateway's per-client counters by client name (empty without a gateway; never a token).
+    ``cache`` holds the response cache's hits, misses, stores, errors and coalesced requests
+    (a hit or a coalesced request is one request and one completion, with no attempt).
     """
 
     connections: dict[str, ConnectionMetricsSnapshot]
@@ -90,6 +93,7 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     queued: dict[str, int] = {}
     in_flight: dict[str, int] = {}
     clients: dict[str, ClientStatistics] = {}
+    cache: CacheStatistics = CacheStatistics()
 
     def tokens_by_connection(self, name: str) -> tuple[int, int]:
         """``(input, output)`` tokens recorded by connection *name*."""
@@ -165,6 +169,21 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
         family("wasted_tokens_total", "counter",
                "Tokens of failed or cancelled attempts (never billed as a completion).",
                wasted)  # fmt: skip
+        cache = self.cache
+        family("cache_hits_total", "counter", "Requests answered from the response cache.",
+               [("", cache.hits)])  # fmt: skip
+        family("cache_misses_total", "counter", "Cache lookups that found no answer.",
+               [("", cache.misses)])  # fmt: skip
+        family("cache_stores_total", "counter", "Answers stored in the response cache.",
+               [("", cache.stores)])  # fmt: skip
+        family("cache_errors_total", "counter",
+               "Cache lookups and stores that failed or timed out (served as misses).",
+               [("", cache.errors)])  # fmt: skip
+        family("coalesced_requests_total", "counter",
+               "Requests that shared an identical request's upstream call.",
+               [("", cache.coalesced)])  # fmt: skip
+        family("coalesce_flights", "gauge", "Shared upstream calls in progress.",
+               [("", cache.flights)])  # fmt: skip
         if self.clients:
             lines.extend(_client_families(self.clients))
         return "\n".join(lines) + "\n"
@@ -232,6 +251,12 @@ class Runtime:
         self._requests = 0
         self._completions = 0
         self._failures: Counter[str] = Counter()
+        self.responses = ResponseCache(
+            self.router,
+            default=settings.cache,
+            store=MemoryStore(settings.cache_max_entries),
+        )
+        """The response cache and request coalescing in front of the router."""
 
     # -- lifetime -----------------------------------------------------------------------
 
@@ -306,7 +331,7 @@ class Runtime:
         """Like `chat`, but the `Failure` is returned as data (for servers and batch code)."""
         self._requests += 1
         try:
-            result = await self.router.chat(request)
+            result = await self.responses.chat(request)
         except BaseException:
             self._failures[ErrorKind.CANCELLED.value] += 1
             raise
@@ -317,7 +342,7 @@ class Runtime:
         """Like `embed`, but the `Failure` is returned as data."""
         self._requests += 1
         try:
-            result = await self.router.embed(request)
+            result = await self.responses.embed(request)
         except BaseException:
             self._failures[ErrorKind.CANCELLED.value] += 1
             raise
@@ -325,12 +350,12 @@ class Runtime:
         return result
 
     @asynccontextmanager
-    async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream]:
+    async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream | SharedStream]:
         """Stream *request*: ``async with rt.stream(req) as s: async for event in s: ...``;
         afterwards ``s.result`` is the `Completion` or the `Failure`. Leaving the block
         early cancels the upstream request (its usage is still recorded)."""
         self._requests += 1
-        async with self.router.stream(request) as handle:
+        async with self.responses.stream(request) as handle:
             try:
                 yield handle
             finally:
@@ -442,6 +467,7 @@ class Runtime:
             clients=(
                 {} if self.gateway is None else self.gateway.clients.statistics(trio.current_time())
             ),
+            cache=self.responses.statistics(),
         )
 
     def statistics(self) -> dict[str, ConnectionStatistics]:
@@ -604,6 +630,7 @@ async def start_runtime(
         rng=rng,
         wall_clock=wall_clock,
     )
+    await nursery.start(runtime.responses.run)
     await nursery.start(runtime._run)
     gateway = runtime.config.gateway
     if gateway is not None and gateway.enabled:
