@@ -40,7 +40,11 @@
 # and five by commands: FORCE_OPEN, FORCE_CLOSE, DISABLE, METRICS_ONLY (each legal from any
 # state except the one it leads to: "already there" is reported, not silently absorbed) and
 # RESET (legal from every state, always lands in CLOSED). Anything not in the table raises
-# `BreakerTransitionError` before any field is touched, so the state is unchanged.
+# `BreakerTransitionError` before any field is touched, so the state is unchanged. Two more
+# come from other processes when state is shared (`actors._shared_state`): SHARED_OPEN
+# (CLOSED or HALF_OPEN -> OPEN until the other process's end, `adopt_open`) and SHARED_CLOSE
+# (OPEN or HALF_OPEN -> CLOSED, `adopt_close`): each process keeps its own window, and what
+# is shared is the decision.
 #
 # Time-triggered transitions are lazy. Nothing runs in the background: every public method
 # that receives `now` first applies the transitions that time has made due (OPEN_ELAPSED,
@@ -147,6 +151,9 @@ class BreakerEvent(enum.StrEnum):
     DISABLE = "disable"
     METRICS_ONLY = "metrics_only"
     RESET = "reset"
+    # Another process's breaker decided (shared state: actors._shared_state).
+    SHARED_OPEN = "shared_open"
+    SHARED_CLOSE = "shared_close"
 
 
 S = BreakerState
@@ -183,6 +190,11 @@ TRANSITIONS: dict[tuple[BreakerState, BreakerEvent], BreakerState] = {
     (S.HALF_OPEN, E.METRICS_ONLY): S.METRICS_ONLY,
     (S.FORCED_OPEN, E.METRICS_ONLY): S.METRICS_ONLY,
     (S.DISABLED, E.METRICS_ONLY): S.METRICS_ONLY,
+    # shared: another process's breaker opened or closed (see adopt_open / adopt_close)
+    (S.CLOSED, E.SHARED_OPEN): S.OPEN,
+    (S.HALF_OPEN, E.SHARED_OPEN): S.OPEN,
+    (S.OPEN, E.SHARED_CLOSE): S.CLOSED,
+    (S.HALF_OPEN, E.SHARED_CLOSE): S.CLOSED,
     # reset: from anywhere, to CLOSED
     (S.CLOSED, E.RESET): S.CLOSED,
     (S.OPEN, E.RESET): S.CLOSED,
@@ -462,6 +474,17 @@ class Breaker:
         """Permit every call, keep computing rates, never trip, until another command."""
         self._fire(BreakerEvent.METRICS_ONLY, now, "metrics only")
 
+    def adopt_open(self, until: float, now: float) -> None:
+        """Another process's breaker opened (shared state): refuse until *until*, then
+        probe as after any opening. Legal from CLOSED and HALF_OPEN; the open duration does
+        not grow."""
+        self._fire(BreakerEvent.SHARED_OPEN, now, "opened by another process", until=until)
+
+    def adopt_close(self, now: float) -> None:
+        """Another process's breaker closed (its probes passed): close from OPEN or
+        HALF_OPEN with an empty window."""
+        self._fire(BreakerEvent.SHARED_CLOSE, now, "closed by another process")
+
     def reset(self, now: float) -> None:
         """Start over in CLOSED from any state (also from DISABLED: reset re-enables)."""
         self._fire(BreakerEvent.RESET, now, "reset")
@@ -567,12 +590,16 @@ class Breaker:
         else:
             self._fire(BreakerEvent.PROBES_PASSED, now, f"{passed} half-open probes succeeded")
 
-    def _fire(self, event: BreakerEvent, now: float, reason: str) -> None:
+    def _fire(
+        self, event: BreakerEvent, now: float, reason: str, *, until: float | None = None
+    ) -> None:
         """Apply *event*: the only place that changes ``_state``."""
         old = self._state
         new = next_state(old, event)  # raises before anything changes
         config = self._config
-        if new is BreakerState.OPEN:
+        if new is BreakerState.OPEN and until is not None:
+            self._open_until = until
+        elif new is BreakerState.OPEN:
             if old is BreakerState.HALF_OPEN:
                 self._open_duration = min(
                     self._open_duration * config.open_backoff,

@@ -570,6 +570,10 @@ LEGAL: dict[tuple[BreakerState, BreakerEvent], BreakerState] = {
     (S.HALF_OPEN, E.PROBES_PASSED): S.CLOSED,
     (S.HALF_OPEN, E.PROBE_FAILED): S.OPEN,
     (S.HALF_OPEN, E.PROBE_TIMEOUT): S.OPEN,
+    (S.CLOSED, E.SHARED_OPEN): S.OPEN,
+    (S.HALF_OPEN, E.SHARED_OPEN): S.OPEN,
+    (S.OPEN, E.SHARED_CLOSE): S.CLOSED,
+    (S.HALF_OPEN, E.SHARED_CLOSE): S.CLOSED,
 }
 for _state in S:
     LEGAL[(_state, E.RESET)] = S.CLOSED
@@ -922,3 +926,53 @@ class BreakerMachine(RuleBasedStateMachine):
 
 BreakerMachine.TestCase.settings = settings(max_examples=100, stateful_step_count=50, deadline=None)
 TestBreakerMachine = BreakerMachine.TestCase
+
+
+# ---------------------------------------------------------------------------- shared decisions
+
+
+def test_adopt_open_refuses_until_the_given_end_then_probes() -> None:
+    b = Breaker(config())
+    call(b, 1.0, "fail")  # a window in progress is forgotten with the period
+    b.adopt_open(17.5, 2.0)
+    assert state_of(b) is S.OPEN
+    [t] = b.drain_transitions()
+    assert (t.at, t.from_state, t.to_state, t.event) == (2.0, S.CLOSED, S.OPEN, E.SHARED_OPEN)
+    refusal = b.acquire(3.0)
+    assert isinstance(refusal, Refusal)
+    assert refusal.retry_after == 14.5
+    assert b.snapshot(3.0).open_duration == 30.0  # not grown: another process decided
+    assert b.poll(17.5) is S.HALF_OPEN
+    assert permit(b, 17.5).probe
+
+
+def test_adopt_open_from_half_open_keeps_the_open_duration() -> None:
+    b = tripped(now=0.0)
+    assert b.poll(30.0) is S.HALF_OPEN
+    b.adopt_open(40.0, 31.0)
+    assert b.open_until == 40.0
+    assert b.snapshot().open_duration == 30.0
+
+
+def test_adopt_close_from_open_and_half_open_resets_the_duration() -> None:
+    b = tripped(now=0.0)
+    b.adopt_close(5.0)
+    assert state_of(b) is S.CLOSED
+    assert b.open_until is None
+    [t] = b.drain_transitions()
+    assert t.event is E.SHARED_CLOSE
+    b = tripped(now=0.0)
+    assert b.poll(30.0) is S.HALF_OPEN
+    p = permit(b, 30.0)
+    b.record_failure(p, 30.0, 0.0, ErrorKind.SERVER_ERROR)  # grows to 60 s
+    assert b.poll(90.0) is S.HALF_OPEN
+    b.adopt_close(91.0)
+    assert b.snapshot().open_duration == 30.0
+
+
+@pytest.mark.parametrize("state", [S.OPEN, S.FORCED_OPEN, S.DISABLED, S.METRICS_ONLY])
+def test_adopt_open_is_illegal_outside_closed_and_half_open(state: BreakerState) -> None:
+    b = breaker_in(state)
+    with pytest.raises(BreakerTransitionError):
+        b.adopt_open(100.0, 31.0)
+    assert b.state is state
