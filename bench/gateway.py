@@ -1,35 +1,56 @@
-"""What the WebSocket gateway adds to a streamed request: chunks per second through the
-gateway against the same requests streamed in process (``rt.stream``), and the added time
-per chunk.
+"""What the WebSocket gateway adds to a streamed request: the server's CPU per chunk through
+the gateway against the same requests streamed in process (``rt.stream``), the client's CPU
+per chunk, and the throughput of each.
 
 Why this benchmark: the gateway is a translation layer (frames over one socket per client,
-one task per request, one whole-frame write at a time with backpressure); its cost per chunk
-should be small next to what a chunk already costs in the runtime (decode the provider's SSE,
-route, relay). Measuring it against the in-process path in the same run, with the same fake
+one task per request, whole-frame writes with backpressure); its cost per chunk should be
+small next to what a chunk already costs in the runtime (decode the provider's SSE, route,
+relay). Measuring it against the in-process path in the same run, with the same fake
 provider, cancels out the machine and the provider side.
 
-What is measured, per round (the best of ``ROUNDS`` is kept):
+Two processes, so that each side's CPU is its own:
 
-- *in process*: ``STREAMS`` concurrent ``rt.stream`` calls, each reading every event;
-- *gateway*: the same ``STREAMS`` concurrent streams through a gateway on loopback, spread
-  over ``SOCKETS`` WebSocket connections of the Python `Client` (JSON and MessagePack);
-- *latency*: one stream at a time (concurrency 1), in process and through the gateway: the
-  added wall time per chunk is the gateway's latency per chunk.
+- the **server** (this script with ``--serve``, started by the measuring process): a runtime
+  with one OpenAI connection on the in-memory `FakeTransport` (``CHUNKS`` tokens per answer,
+  no pauses, so the provider side costs only the runtime's own work) and a gateway on
+  loopback port 0. It reports its own CPU time (``time.process_time``) when asked, on a line
+  protocol over its stdin/stdout, and runs the in-process baseline itself when asked;
+- the **client** (this process): the Python `Client`, ``SOCKETS`` WebSocket connections per
+  encoding, opened before measuring.
 
-The provider is the in-memory `FakeTransport` (``CHUNKS`` tokens per answer, no pauses), so
-the provider side costs only the runtime's own work. Client and gateway run in this same
-process and trio run, so "through the gateway" includes the client's own decoding: the
-figures are an upper bound of the server's cost.
+What is measured, per round (rounds interleave the paths; the best of ``ROUNDS`` is kept):
 
-Run: ``python bench/gateway.py``. The last line printed is a JSON object for scripts.
+- *in process*: ``STREAMS`` concurrent ``rt.stream`` calls in the server process, each
+  reading every event: wall and CPU time;
+- *gateway*: the same ``STREAMS`` concurrent streams through the gateway, spread over the
+  ``SOCKETS`` connections (JSON and MessagePack): the client's wall time, the server's CPU
+  (its process time across the run) and the client's CPU;
+- *latency*: one stream at a time (``SEQUENTIAL`` streams, concurrency 1), in process and
+  through the gateway (JSON, one socket): the added wall time per chunk.
+
+Figures: **added server CPU per chunk** = server CPU per chunk through the gateway minus the
+in-process CPU per chunk (what the gateway itself costs the server); **client CPU per chunk**;
+**throughput ratio** = gateway chunks/s over in-process chunks/s. On a 2-core machine the
+client and the server each have a core; the throughput is the slower side's.
+
+Run: ``python bench/gateway.py`` (``--quick`` for fewer rounds;
+``--profile server|client [--encoding json|msgpack]`` runs the gateway streams under cProfile
+in the server or in the client process and prints the top functions). The last line printed
+is a JSON object for scripts.
 """
 
 from __future__ import annotations
 
+import argparse
+import cProfile
 import json
+import os
+import pstats
+import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -51,8 +72,9 @@ CHUNKS = 100
 STREAMS = 100
 SOCKETS = 10
 SEQUENTIAL = 20
-ROUNDS = 3
+ROUNDS = 5
 TOKEN = "bench-token"
+SCRIPT = str(Path(__file__).resolve())
 CONFIG = """
 [runtime]
 shutdown_timeout_s = 1.0
@@ -73,6 +95,9 @@ def request(i: int) -> ChatRequest:
     )
 
 
+# --------------------------------------------------------------------------- the server process
+
+
 async def in_process(rt: Runtime, indices: range) -> int:
     """Stream every request of *indices* concurrently in process; the text chunks seen."""
     seen = 0
@@ -90,8 +115,103 @@ async def in_process(rt: Runtime, indices: range) -> int:
     return seen
 
 
-async def through_gateway(url: str, indices: range, sockets: int, encoding: Encoding) -> int:
-    """The same requests through the gateway, spread over *sockets* connections."""
+async def sequential(run: Callable[[range], Awaitable[int]]) -> int:
+    seen = 0
+    for i in range(SEQUENTIAL):
+        seen += await run(range(i, i + 1))
+    return seen
+
+
+async def timed(run: Callable[[], Awaitable[int]]) -> dict[str, float]:
+    wall, cpu = time.perf_counter(), time.process_time()
+    chunks = await run()
+    return {
+        "wall": time.perf_counter() - wall,
+        "cpu": time.process_time() - cpu,
+        "chunks": chunks,
+    }
+
+
+async def lines(stream: trio.abc.ReceiveStream) -> AsyncIterator[str]:
+    buffer = b""
+    while True:
+        while b"\n" not in buffer:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            buffer += data
+        line, buffer = buffer.split(b"\n", 1)
+        yield line.decode()
+
+
+def reply(value: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+    sys.stdout.flush()
+
+
+async def serve() -> None:
+    """The server process: runtime + gateway; commands on stdin, one JSON reply per line:
+    ``cpu`` (this process's CPU seconds), ``inprocess concurrent|sequential``, ``profile``
+    (start cProfile), ``stats`` (stop it, print the top functions to stderr), ``quit``."""
+    transport = FakeTransport(seed=1, answer_tokens=CHUNKS)
+    profiler: cProfile.Profile | None = None
+    async with (
+        open_runtime(loads_config(CONFIG), transport=transport) as rt,
+        trio.open_nursery() as nursery,
+    ):
+        config = GatewayConfig(port=0, tokens=[Secret(TOKEN)], max_concurrent_per_client=1000)
+        gateway = await start_gateway(rt, nursery, config)
+        await in_process(rt, range(10))  # warm up
+        reply({"port": gateway.port})
+        async for line in lines(trio.lowlevel.FdStream(os.dup(0))):
+            command = line.split()
+            if command == ["cpu"]:
+                reply({"cpu": time.process_time()})
+            elif command == ["inprocess", "concurrent"]:
+                reply(await timed(partial(in_process, rt, range(STREAMS))))
+            elif command == ["inprocess", "sequential"]:
+                reply(await timed(partial(sequential, partial(in_process, rt))))
+            elif command == ["profile"]:
+                profiler = cProfile.Profile()
+                profiler.enable()
+                reply({})
+            elif command == ["stats"] and profiler is not None:
+                profiler.disable()
+                stats = pstats.Stats(profiler, stream=sys.stderr).strip_dirs()
+                stats.sort_stats("tottime").print_stats(40)
+                stats.sort_stats("cumulative").print_stats(40)
+                reply({})
+            else:
+                break
+        await gateway.shutdown(1)
+        nursery.cancel_scope.cancel()
+
+
+# --------------------------------------------------------------------------- the client process
+
+
+class Server:
+    """The server process, driven over its stdin/stdout."""
+
+    def __init__(self, process: trio.Process) -> None:
+        assert process.stdin is not None
+        assert process.stdout is not None
+        self.process = process
+        self._stdin = process.stdin
+        self._lines = lines(process.stdout)
+
+    async def ask(self, command: str) -> dict[str, Any]:
+        await self._stdin.send_all(command.encode() + b"\n")
+        return await self.read()
+
+    async def read(self) -> dict[str, Any]:
+        line = await self._lines.__anext__()
+        value: dict[str, Any] = json.loads(line)
+        return value
+
+
+async def through_gateway(clients: list[Client], indices: range) -> int:
+    """The requests of *indices* through the gateway, spread over *clients*."""
     seen = 0
 
     async def one(client: Client, i: int) -> None:
@@ -101,101 +221,158 @@ async def through_gateway(url: str, indices: range, sockets: int, encoding: Enco
                 seen += isinstance(event, TextDelta)
         assert isinstance(stream.result, Completion), stream.result
 
-    async def connection(k: int) -> None:
-        async with (
-            Client.connect(url, token=TOKEN, encoding=encoding) as client,
-            trio.open_nursery() as nursery,
-        ):
-            for i in indices[k::sockets]:
-                nursery.start_soon(one, client, i)
-
     async with trio.open_nursery() as nursery:
-        for k in range(sockets):
-            nursery.start_soon(connection, k)
+        for k, client in enumerate(clients):
+            for i in indices[k :: len(clients)]:
+                nursery.start_soon(one, client, i)
     return seen
 
 
-async def sequential(run: Callable[[range], Awaitable[int]]) -> int:
-    seen = 0
-    for i in range(SEQUENTIAL):
-        seen += await run(range(i, i + 1))
-    return seen
+async def measure_gateway(server: Server, run: Callable[[], Awaitable[int]]) -> dict[str, float]:
+    before = (await server.ask("cpu"))["cpu"]
+    figures = await timed(run)
+    figures["server_cpu"] = (await server.ask("cpu"))["cpu"] - before
+    return figures
 
 
-async def measure(run: Callable[[], Awaitable[int]]) -> tuple[float, float, int]:
-    """Best (wall seconds, CPU seconds) of ``ROUNDS`` runs, and the chunks of one run."""
-    best_wall = best_cpu = float("inf")
-    chunks = 0
-    for _ in range(ROUNDS):
-        wall, cpu = time.perf_counter(), time.process_time()
-        chunks = await run()
-        best_wall = min(best_wall, time.perf_counter() - wall)
-        best_cpu = min(best_cpu, time.process_time() - cpu)
-    return best_wall, best_cpu, chunks
+def best(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: min(run[key] for run in runs) for key in runs[0]}
 
 
-async def bench() -> dict[str, Any]:
-    transport = FakeTransport(seed=1, answer_tokens=CHUNKS)
-    async with (
-        open_runtime(loads_config(CONFIG), transport=transport) as rt,
-        trio.open_nursery() as nursery,
-    ):
-        config = GatewayConfig(port=0, tokens=[Secret(TOKEN)], max_concurrent_per_client=1000)
-        gateway = await start_gateway(rt, nursery, config)
-        url = gateway.url
-        everything = range(STREAMS)
-        await in_process(rt, range(10))  # warm up both paths
-        await through_gateway(url, range(10), 2, "json")
+async def bench(rounds: int, profile: str | None, profile_encoding: Encoding) -> dict[str, Any]:
+    command = [sys.executable, SCRIPT, "--serve"]
+    process = await trio.lowlevel.open_process(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    server = Server(process)
+    try:
+        url = f"ws://127.0.0.1:{(await server.read())['port']}"
+        async with AsyncExitStack() as stack:
+            clients: dict[Encoding, list[Client]] = {}
+            for encoding in ("json", "msgpack"):
+                clients[encoding] = [
+                    await stack.enter_async_context(
+                        Client.connect(url, token=TOKEN, encoding=encoding)
+                    )
+                    for _ in range(SOCKETS)
+                ]
+                await through_gateway(clients[encoding], range(20))  # warm up
+            if profile is not None:
+                await run_profile(server, clients[profile_encoding], profile)
+                return {}
+            return await run_rounds(server, clients, rounds)
+    finally:
+        with trio.move_on_after(5):
+            assert process.stdin is not None
+            await process.stdin.aclose()
+            await process.wait()
+        if process.returncode is None:
+            process.kill()
 
-        results: dict[str, tuple[float, float, int]] = {}
-        results["in_process"] = await measure(partial(in_process, rt, everything))
+
+async def run_profile(server: Server, clients: list[Client], where: str) -> None:
+    run = partial(through_gateway, clients, range(STREAMS))
+    if where == "server":
+        await server.ask("profile")
+        await run()
+        await server.ask("stats")
+        await trio.sleep(0.5)  # let the server's stderr through first
+        return
+    profiler = cProfile.Profile()
+    profiler.enable()
+    await run()
+    profiler.disable()
+    stats = pstats.Stats(profiler).strip_dirs()
+    stats.sort_stats("tottime").print_stats(40)
+    stats.sort_stats("cumulative").print_stats(40)
+
+
+async def run_rounds(
+    server: Server, clients: dict[Encoding, list[Client]], rounds: int
+) -> dict[str, Any]:
+    runs: dict[str, list[dict[str, float]]] = {}
+
+    def keep(name: str, figures: dict[str, float]) -> None:
+        runs.setdefault(name, []).append(figures)
+
+    for _ in range(rounds):
+        keep("in_process", await server.ask("inprocess concurrent"))
         for encoding in ("json", "msgpack"):
-            run = partial(through_gateway, url, everything, SOCKETS, encoding)
-            results[f"gateway_{encoding}"] = await measure(run)
-        results["in_process_seq"] = await measure(partial(sequential, partial(in_process, rt)))
-        one_socket = partial(through_gateway, url, sockets=1, encoding="json")
-        results["gateway_seq"] = await measure(partial(sequential, one_socket))
-        await gateway.shutdown(1)
-        nursery.cancel_scope.cancel()
+            run = partial(through_gateway, clients[encoding], range(STREAMS))
+            keep(f"gateway_{encoding}", await measure_gateway(server, run))
+        keep("in_process_seq", await server.ask("inprocess sequential"))
+        one_socket = partial(through_gateway, clients["json"][:1])
+        keep("gateway_seq", await measure_gateway(server, partial(sequential, one_socket)))
+    results = {name: best(figures) for name, figures in runs.items()}
+    return report(results, rounds)
 
-    base_wall, base_cpu, base_chunks = results["in_process"]
+
+def report(results: dict[str, dict[str, float]], rounds: int) -> dict[str, Any]:
+    base = results["in_process"]
+    chunks = STREAMS * CHUNKS
+    base_cpu = base["cpu"] / chunks * 1e6
     out: dict[str, Any] = {"streams": STREAMS, "sockets": SOCKETS, "chunks_per_stream": CHUNKS}
     print(
-        f"{STREAMS} concurrent streams of {CHUNKS} chunks "
-        f"({SOCKETS} sockets through the gateway); best of {ROUNDS} rounds"
+        f"{STREAMS} concurrent streams of {CHUNKS} chunks ({SOCKETS} sockets through the "
+        f"gateway, server in its own process); best of {rounds} rounds"
     )
-    print(f"{'path':<18}{'chunks/s':>12}{'wall µs/chunk':>16}{'CPU µs/chunk':>15}")
-    for name in ("in_process", "gateway_json", "gateway_msgpack"):
-        wall, cpu, chunks = results[name]
-        assert chunks == base_chunks == STREAMS * CHUNKS, (name, chunks)
-        rate = chunks / wall
-        print(f"{name:<18}{rate:>12,.0f}{wall / chunks * 1e6:>16.2f}{cpu / chunks * 1e6:>15.2f}")
-        out[f"{name}_chunks_per_s"] = round(rate)
-        out[f"{name}_cpu_us_per_chunk"] = round(cpu / chunks * 1e6, 2)
-    for encoding in ("json", "msgpack"):
-        wall, cpu, chunks = results[f"gateway_{encoding}"]
-        added = (cpu - base_cpu) / chunks * 1e6
-        print(
-            f"gateway ({encoding}) adds {added:.2f} µs CPU per chunk; throughput "
-            f"{base_wall / wall:.2f}x of in process"
-        )
-        out[f"gateway_{encoding}_added_cpu_us_per_chunk"] = round(added, 2)
-        out[f"gateway_{encoding}_throughput_vs_in_process"] = round(base_wall / wall, 3)
-    seq_base, _, seq_chunks = results["in_process_seq"]
-    seq_gw, _, _ = results["gateway_seq"]
-    latency = (seq_gw - seq_base) / seq_chunks * 1e6
     print(
-        f"one stream at a time ({SEQUENTIAL} streams): in process "
-        f"{seq_base / seq_chunks * 1e6:.2f} µs/chunk, gateway {seq_gw / seq_chunks * 1e6:.2f} "
-        f"µs/chunk: added latency {latency:.2f} µs per chunk"
+        f"{'path':<18}{'chunks/s':>10}{'server CPU':>12}{'added':>9}{'client CPU':>12}"
+        f"{'throughput':>12}"
+    )
+    print(f"{'':<18}{'':>10}{'µs/chunk':>12}{'µs/chunk':>9}{'µs/chunk':>12}{'vs in proc':>12}")
+    print(f"{'in_process':<18}{chunks / base['wall']:>10,.0f}{base_cpu:>12.1f}")
+    out["in_process_chunks_per_s"] = round(chunks / base["wall"])
+    out["in_process_cpu_us_per_chunk"] = round(base_cpu, 2)
+    for encoding in ("json", "msgpack"):
+        name = f"gateway_{encoding}"
+        figures = results[name]
+        assert figures["chunks"] == base["chunks"] == chunks, (name, figures["chunks"])
+        server_cpu = figures["server_cpu"] / chunks * 1e6
+        client_cpu = figures["cpu"] / chunks * 1e6
+        added = server_cpu - base_cpu
+        ratio = base["wall"] / figures["wall"]
+        print(
+            f"{name:<18}{chunks / figures['wall']:>10,.0f}{server_cpu:>12.1f}{added:>9.1f}"
+            f"{client_cpu:>12.1f}{ratio:>11.2f}x"
+        )
+        out[f"{name}_chunks_per_s"] = round(chunks / figures["wall"])
+        out[f"{name}_server_cpu_us_per_chunk"] = round(server_cpu, 2)
+        out[f"{name}_added_cpu_us_per_chunk"] = round(added, 2)
+        out[f"{name}_client_cpu_us_per_chunk"] = round(client_cpu, 2)
+        out[f"{name}_throughput_vs_in_process"] = round(ratio, 3)
+    seq_base, seq_gw = results["in_process_seq"], results["gateway_seq"]
+    seq_chunks = SEQUENTIAL * CHUNKS
+    latency = (seq_gw["wall"] - seq_base["wall"]) / seq_chunks * 1e6
+    print(
+        f"one stream at a time ({SEQUENTIAL} streams, JSON): in process "
+        f"{seq_base['wall'] / seq_chunks * 1e6:.1f} µs/chunk, gateway "
+        f"{seq_gw['wall'] / seq_chunks * 1e6:.1f} µs/chunk: added latency {latency:.1f} µs per "
+        f"chunk; server CPU {seq_gw['server_cpu'] / seq_chunks * 1e6:.1f} µs/chunk "
+        f"(in process {seq_base['cpu'] / seq_chunks * 1e6:.1f}), client CPU "
+        f"{seq_gw['cpu'] / seq_chunks * 1e6:.1f} µs/chunk"
     )
     out["added_latency_us_per_chunk"] = round(latency, 2)
+    out["seq_added_cpu_us_per_chunk"] = round(
+        (seq_gw["server_cpu"] - seq_base["cpu"]) / seq_chunks * 1e6, 2
+    )
     return out
 
 
 def main() -> None:
-    figures = trio.run(bench)
-    print(json.dumps(figures))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="2 rounds")
+    parser.add_argument("--profile", choices=("server", "client"))
+    parser.add_argument("--encoding", choices=("json", "msgpack"), default="json")
+    args = parser.parse_args()
+    if args.serve:
+        trio.run(serve)
+        return
+    rounds = 2 if args.quick else ROUNDS
+    figures = trio.run(bench, rounds, args.profile, args.encoding)
+    if figures:
+        print(json.dumps(figures))
 
 
 if __name__ == "__main__":
