@@ -356,6 +356,15 @@ class RuntimeSettings(_Conf, frozen=True, kw_only=True):
     log_prompts: bool = False
     restart_intensity: NonNegativeInt = 3
     restart_period_s: PositiveFloat = 5.0
+    state: str = "local"
+    """Where limits, breakers and usage totals live: ``local`` (this process), or a Redis
+    URL (``redis://host:port/db``) shared by every process using it (see
+    ``protocol._state_url``)."""
+    state_password: Secret | None = None
+    """The Redis password (never in the URL)."""
+    state_timeout_s: PositiveFloat = 0.25
+    """The longest any call to the shared state may take; a slower or failed call means the
+    runtime serves on local state until Redis answers again."""
     cache: CacheConfig | None = None
     """The response cache of every route and model that sets none (default: off)."""
     cache_max_entries: PositiveInt = 10_000

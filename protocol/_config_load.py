@@ -64,6 +64,7 @@ from ._config import (
     secret_enc_hook,
 )
 from ._errors import ConfigError
+from ._state_url import parse_state
 
 __all__ = [
     "PRESETS",
@@ -553,6 +554,10 @@ class _Loader:
             value = self.struct(self.expand(data["runtime"], "runtime"), RuntimeSettings, "runtime")
             if value is not _INVALID:
                 settings = value
+                try:
+                    parse_state(settings.state)
+                except ValueError as exc:
+                    self.problem("runtime.state", str(exc))
         if self.problems:
             return None
         return RuntimeConfig(
