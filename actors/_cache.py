@@ -76,7 +76,7 @@ from protocol._messages import (
     Usage,
 )
 
-from ._coalesce import Flight, Flights, Outcome, shared_copy, wait_for
+from ._coalesce import Flight, Flights, Outcome, Seat, shared_copy, wait_for
 from ._provider import deadline_after
 from ._router import Router, RouterStream
 
@@ -391,7 +391,7 @@ class ResponseCache:
 
     def _join(
         self, plan: _Plan, deadline: float, work: Callable[[Flight], Awaitable[Outcome]]
-    ) -> Flight:
+    ) -> Seat:
         request = plan.request
 
         def cancelled() -> Failure:
@@ -405,21 +405,20 @@ class ResponseCache:
         async def store(outcome: Outcome) -> None:
             await self._store(plan, outcome)
 
-        flight, _ = self.flights.join(plan.flight_key, deadline, work, cancelled, store)
-        return flight
+        return self.flights.join(plan.flight_key, deadline, work, cancelled, store)
 
     def _take(
         self,
-        flight: Flight,
+        seat: Seat,
         outcome: Outcome,
         request: ChatRequest | EmbedRequest,
         start: float,
         time_to_first_token: float | None = None,
     ) -> Outcome:
-        """*outcome* as this caller gets it: as is (with its request id) for the first one,
-        a coalesced copy for the others."""
+        """*outcome* as the caller in *seat* gets it: as is (with its request id) when it
+        is billed for it, a coalesced copy otherwise (`Flight.claim`)."""
         rid = request.request_id
-        if flight.claim():
+        if seat.flight.claim(seat):
             if outcome.request_id == rid:
                 return outcome
             return msgspec.structs.replace(outcome, request_id=rid)
@@ -509,15 +508,15 @@ class ResponseCache:
         budget, deadline = self._deadline(request)
         first: float | None = None if request.timeout is not None else budget
         while True:
-            flight = self._join(plan, deadline, call(first))
+            seat = self._join(plan, deadline, call(first))
             try:
-                outcome = await wait_for(flight, deadline)
+                outcome = await wait_for(seat.flight, deadline)
+                if outcome is None:
+                    return self._late(request)
+                if not self._outran(outcome, seat.flight, deadline):
+                    return self._take(seat, outcome, request, start)
             finally:
-                self.flights.leave(flight)
-            if outcome is None:
-                return self._late(request)
-            if not self._outran(outcome, flight, deadline):
-                return self._take(flight, outcome, request, start)
+                self.flights.leave(seat)
             first = deadline - trio.current_time()
 
     # -- streamed -----------------------------------------------------------------------
@@ -571,7 +570,7 @@ class SharedStream:
         self._deadline = math.inf
         self._pending: list[StreamEvent] = []
         self._hit: Completion | None = None
-        self._flight: Flight | None = None
+        self._seat: Seat | None = None
         self._index = 0
         self._first: float | None = None
         self._result: Completion | Failure | None = None
@@ -591,13 +590,13 @@ class SharedStream:
 
     def _fly(self, budget: float | None) -> None:
         work = self._cache._stream_work(self._request, budget)
-        self._flight = self._cache._join(self._plan, self._deadline, work)
+        self._seat = self._cache._join(self._plan, self._deadline, work)
         self._index = 0
 
     def _leave(self) -> None:
-        flight, self._flight = self._flight, None
-        if flight is not None:
-            self._cache.flights.leave(flight)
+        seat, self._seat = self._seat, None
+        if seat is not None:
+            self._cache.flights.leave(seat)
 
     def _close(self) -> None:
         self._leave()
@@ -633,13 +632,14 @@ class SharedStream:
                     time_to_first_token=self._first,
                 )
                 raise StopAsyncIteration
-            flight = self._flight
-            assert flight is not None
+            seat = self._seat
+            assert seat is not None
+            flight = seat.flight
             if self._index < len(flight.events):
                 self._index += 1
                 return self._emit(flight.events[self._index - 1])
             if flight.done.is_set():
-                self._settle(flight)
+                self._settle(seat)
                 continue
             changed = flight.changed()
             if self._deadline < flight.deadline:
@@ -651,19 +651,20 @@ class SharedStream:
             else:
                 await changed.wait()
 
-    def _settle(self, flight: Flight) -> None:
-        """*flight* ended and this caller has read all its events: take its result, or fly
-        again when the flight ran out of the time this caller still has."""
-        outcome = flight.outcome()
-        self._leave()
-        if ResponseCache._outran(outcome, flight, self._deadline):
+    def _settle(self, seat: Seat) -> None:
+        """The flight ended and this caller has read all its events: take its result, or
+        fly again when the flight ran out of the time this caller still has."""
+        outcome = seat.flight.outcome()
+        if ResponseCache._outran(outcome, seat.flight, self._deadline):
+            self._leave()
             if self._index:
                 self._pending.append(
                     Restart(reason="the shared request ran out of time; starting again")
                 )
             self._fly(self._deadline - trio.current_time())
             return
-        result = self._cache._take(flight, outcome, self._request, self._start, self._first)
+        result = self._cache._take(seat, outcome, self._request, self._start, self._first)
+        self._leave()
         assert not isinstance(result, Embeddings)
         self._result = result
 

@@ -24,10 +24,13 @@ Choices:
   a `Restart` event when it had already received events. So each waiter's own deadline
   bounds its wait, and no waiter is failed by another's shorter budget.
 - **One terminal result each, one bill.** Every waiter gets the flight's result (or its
-  exception, re-raised) with its own ``request_id``. The first waiter to take it gets it as
-  it came (the usage and cost it is billed for); every other one gets a copy marked
-  ``served_from="coalesced"`` with zero usage and cost (a failure: no usage), so a shared
-  call is billed once in every account (client budgets, usage totals).
+  exception, re-raised) with its own ``request_id``. The waiter that joined first, of those
+  still there, gets it as it came (the usage and cost it is billed for); every other one
+  gets a copy marked ``served_from="coalesced"`` with zero usage and cost (a failure: no
+  usage), so a shared call is billed once in every account (client budgets, usage totals).
+  When the first waiter leaves before taking it, the next one in join order is billed
+  instead; only when it leaves after all the others took theirs (a stream reader that stops
+  before the end) is the call billed to no caller - its connection still records its usage.
 - **After.** An optional ``after`` step (the cache's store) runs once the waiters have the
   result, while the flight is still joinable: a request arriving meanwhile joins it instead
   of starting another call.
@@ -65,7 +68,7 @@ class Flight:
         "key",
         "result",
         "scope",
-        "waiters",
+        "seats",
     )
 
     def __init__(self, key: bytes | None, deadline: float) -> None:
@@ -79,7 +82,8 @@ class Flight:
         """An exception the upstream call raised (a bug): re-raised in every waiter."""
         self.done = trio.Event()
         self._changed = trio.Event()
-        self.waiters = 0
+        self.seats: list[Seat] = []
+        """The waiters still there, in the order they joined."""
         self.claimed = False
         self.scope = trio.CancelScope()
 
@@ -104,11 +108,25 @@ class Flight:
         assert self.result is not None
         return self.result
 
-    def claim(self) -> bool:
-        """True for the first waiter that takes the result: it is billed for it."""
-        first = not self.claimed
+    def claim(self, seat: Seat) -> bool:
+        """Whether *seat*, taking the result, is billed for it: the first time the result
+        is taken by the waiter that joined first among those still there (see the module
+        header)."""
+        if self.claimed or not self.seats or self.seats[0] is not seat:
+            return False
         self.claimed = True
-        return first
+        return True
+
+
+class Seat:
+    """One waiter's place on a flight, from `Flights.join` to `Flights.leave`."""
+
+    __slots__ = ("flight", "joined")
+
+    def __init__(self, flight: Flight, joined: bool) -> None:
+        self.flight = flight
+        self.joined = joined
+        """It joined a flight another request had started."""
 
 
 class Flights:
@@ -146,32 +164,36 @@ class Flights:
         work: Work,
         cancelled: Callable[[], Failure],
         after: Callable[[Outcome], Awaitable[None]] | None = None,
-    ) -> tuple[Flight, bool]:
-        """The flight of *key* with one more waiter: an existing one (``True``), or a new one
-        that runs *work* until *deadline* (*cancelled* makes the result when it is cancelled,
-        *after* runs once it has a result). ``key=None`` starts a private flight. Every
-        `join` is paired with one `leave`."""
+    ) -> Seat:
+        """A seat on the flight of *key*: an existing one, or a new one that runs *work*
+        until *deadline* (*cancelled* makes the result when it is cancelled, *after* runs
+        once it has a result). ``key=None`` starts a private flight. Every `join` is paired
+        with one `leave`."""
         if key is not None:
             flight = self._table.get(key)
             if flight is not None:
-                flight.waiters += 1
+                seat = Seat(flight, joined=True)
+                flight.seats.append(seat)
                 self.joined += 1
-                return flight, True
+                return seat
         nursery = self._nursery
         if nursery is None:
             raise RuntimeError("flights are not running (start Flights.run first)")
         flight = Flight(key, deadline)
-        flight.waiters = 1
+        seat = Seat(flight, joined=False)
+        flight.seats.append(seat)
         if key is not None:
             self._table[key] = flight
         nursery.start_soon(self._fly, flight, work, cancelled, after)
-        return flight, False
+        return seat
 
-    def leave(self, flight: Flight) -> None:
+    def leave(self, seat: Seat) -> None:
         """A waiter is gone (it took the result, or gave up): the last one to leave an
         unfinished flight cancels its upstream call."""
-        flight.waiters -= 1
-        if flight.waiters <= 0 and not flight.done.is_set():
+        flight = seat.flight
+        if seat in flight.seats:
+            flight.seats.remove(seat)
+        if not flight.seats and not flight.done.is_set():
             flight.scope.cancel()
             self._forget(flight)
 

@@ -263,11 +263,11 @@ async def test_identical_waiters_share_one_call(autojump_clock: MockClock) -> No
 
     async def waiter(delay: float) -> None:
         await trio.sleep(delay)
-        flight, _ = flights.join(b"k", 10.0, upstream, cancelled)
+        seat = flights.join(b"k", 10.0, upstream, cancelled)
         try:
-            got.append(await wait_for(flight, 100.0))
+            got.append(await wait_for(seat.flight, 100.0))
         finally:
-            flights.leave(flight)
+            flights.leave(seat)
 
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
@@ -279,10 +279,10 @@ async def test_identical_waiters_share_one_call(autojump_clock: MockClock) -> No
         assert got == [answer("call 1")] * 3
         assert flights.joined == 2
         assert flights.in_flight() == 0  # forgotten once done: the next one starts anew
-        flight, joined = flights.join(b"k", 30.0, upstream, cancelled)
-        assert not joined
-        assert await wait_for(flight, 30.0) == answer("call 2")
-        flights.leave(flight)
+        seat = flights.join(b"k", 30.0, upstream, cancelled)
+        assert not seat.joined
+        assert await wait_for(seat.flight, 30.0) == answer("call 2")
+        flights.leave(seat)
         outer.cancel_scope.cancel()
 
 
@@ -293,24 +293,25 @@ async def test_the_call_goes_on_while_a_waiter_remains_and_stops_with_the_last(
     upstream = Upstream()
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
-        first, _ = flights.join(b"k", 10.0, upstream, cancelled)
-        second, joined = flights.join(b"k", 10.0, upstream, cancelled)
-        assert joined
-        assert first is second
+        first = flights.join(b"k", 10.0, upstream, cancelled)
+        second = flights.join(b"k", 10.0, upstream, cancelled)
+        assert (first.joined, second.joined) == (False, True)
+        flight = first.flight
+        assert second.flight is flight
         await trio.sleep(3.0)
         flights.leave(first)  # the caller that started it leaves: nothing stops
-        assert not first.scope.cancel_called
-        assert await wait_for(second, 100.0) == answer("call 1")
+        assert not flight.scope.cancel_called
+        assert await wait_for(flight, 100.0) == answer("call 1")
         flights.leave(second)
         assert upstream.ended == ["done at 10"]
 
-        third, _ = flights.join(b"k", 20.0, upstream, cancelled)
+        third = flights.join(b"k", 20.0, upstream, cancelled)
         await trio.sleep(4.0)
         flights.leave(third)  # the last waiter leaves: the call is cancelled
-        await third.done.wait()
+        await third.flight.done.wait()
         assert trio.current_time() == 14.0
         assert upstream.ended == ["done at 10", "cancelled at 14"]
-        assert third.result == cancelled()
+        assert third.flight.result == cancelled()
         assert flights.in_flight() == 0
         outer.cancel_scope.cancel()
 
@@ -321,7 +322,7 @@ async def test_a_waiter_with_an_earlier_deadline_stops_waiting_at_it(
     flights = Flights()
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
-        flight, _ = flights.join(b"k", 10.0, Upstream(), cancelled)
+        flight = flights.join(b"k", 10.0, Upstream(), cancelled).flight
         flights.join(b"k", 10.0, Upstream(), cancelled)
         assert await wait_for(flight, 4.0) is None
         assert trio.current_time() == 4.0
@@ -344,11 +345,11 @@ async def test_an_exception_reaches_every_waiter_and_nothing_hangs(
 
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
-        a, _ = flights.join(b"k", 10.0, broken, cancelled, after)
-        b, _ = flights.join(b"k", 10.0, broken, cancelled, after)
-        for flight in (a, b):
+        a = flights.join(b"k", 10.0, broken, cancelled, after)
+        b = flights.join(b"k", 10.0, broken, cancelled, after)
+        for seat in (a, b):
             with pytest.raises(KeyError, match="bug"):
-                await wait_for(flight, 10.0)
+                await wait_for(seat.flight, 10.0)
         assert stored == []  # nothing to store after an exception
         outer.cancel_scope.cancel()
 
@@ -359,10 +360,10 @@ async def test_stopping_the_flights_gives_every_waiter_cancelled(
     flights = Flights()
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
-        flight, _ = flights.join(b"k", 10.0, Upstream(), cancelled)
+        seat = flights.join(b"k", 10.0, Upstream(), cancelled)
         await trio.sleep(1.0)
         outer.cancel_scope.cancel()
-    assert await wait_for(flight, 10.0) == cancelled()
+    assert await wait_for(seat.flight, 10.0) == cancelled()
     assert not flights.running
     with pytest.raises(RuntimeError, match="not running"):
         flights.join(b"k", 10.0, Upstream(), cancelled)
@@ -373,18 +374,28 @@ async def test_private_flights_are_never_joined(autojump_clock: MockClock) -> No
     upstream = Upstream()
     async with trio.open_nursery() as outer:
         await outer.start(flights.run)
-        a, _ = flights.join(None, 10.0, upstream, cancelled)
-        b, joined = flights.join(None, 10.0, upstream, cancelled)
-        assert a is not b
-        assert not joined
-        texts = {getattr(await wait_for(f, 10.0), "text", None) for f in (a, b)}
+        a = flights.join(None, 10.0, upstream, cancelled)
+        b = flights.join(None, 10.0, upstream, cancelled)
+        assert a.flight is not b.flight
+        assert not b.joined
+        texts = {getattr(await wait_for(s.flight, 10.0), "text", None) for s in (a, b)}
         assert texts == {"call 1", "call 2"}  # two calls, whichever started first
         assert upstream.calls == 2
         assert flights.joined == 0
         outer.cancel_scope.cancel()
 
 
-async def test_the_first_to_take_the_result_is_billed(autojump_clock: MockClock) -> None:
-    flight = Flight(b"k", 1.0)
-    assert flight.claim()
-    assert not flight.claim()
+async def test_the_earliest_waiter_still_there_is_billed(autojump_clock: MockClock) -> None:
+    flights = Flights()
+    async with trio.open_nursery() as outer:
+        await outer.start(flights.run)
+        first, second, third = (flights.join(b"k", 10.0, Upstream(), cancelled) for _ in "abc")
+        flight = first.flight
+        flights.leave(first)  # gave up before the end
+        await flight.done.wait()
+        assert not flight.claim(third)  # third takes it first, but second joined before it
+        flights.leave(third)
+        assert flight.claim(second)
+        assert not flight.claim(second)  # billed once
+        flights.leave(second)
+        outer.cancel_scope.cancel()
