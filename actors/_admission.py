@@ -123,16 +123,25 @@ class Admission:
         """
         if deadline is None:
             deadline = math.inf
-        now = trio.current_time()
         await trio.lowlevel.checkpoint_if_cancelled()
-        if now >= deadline:
+        grant = self.admit_nowait(tokens_estimate, deadline=deadline)
+        if grant is not None:
+            return grant
+        return await self._wait(tokens_estimate, deadline, trio.current_time())
+
+    def admit_nowait(self, tokens_estimate: int, *, deadline: float | None = None) -> Grant | None:
+        """`admit` without waiting: the grant when the limiter admits at once (nobody
+        queued, capacity left), else ``None``. Raises `AdmissionTimeout` when *deadline* has
+        already passed. No checkpoint."""
+        now = trio.current_time()
+        if deadline is not None and now >= deadline:
             self._timed_out += 1
             raise self._timeout(tokens_estimate, 0.0, now)
         got = self.limiter.reserve(tokens_estimate, now)
         if isinstance(got, Grant):
             self._admitted += 1
             return got
-        return await self._wait(tokens_estimate, deadline, now)
+        return None
 
     async def _wait(self, tokens: int, deadline: float, now: float) -> Grant:
         waiter = _Waiter(next(_tickets), tokens, deadline)

@@ -186,8 +186,9 @@ class Mailbox(Generic[Req, Rep, Ev]):
         parallel = max(1, self._in_flight)
         return round(max(0.05, per_item * (queued + 1) / parallel), 3)
 
-    def put_nowait(self, envelope: Envelope[Req, Rep, Ev]) -> None:
-        """Enqueue or raise `QueueFull` at once; `MailboxClosed` if the actor is gone."""
+    def put_nowait(self, envelope: Envelope[Req, Rep, Ev]) -> bool:
+        """Enqueue or raise `QueueFull` at once; `MailboxClosed` if the actor is gone.
+        Returns True when the envelope went straight to an actor task waiting in `get`."""
         try:
             self._send.send_nowait(envelope)
         except trio.WouldBlock:
@@ -195,15 +196,21 @@ class Mailbox(Generic[Req, Rep, Ev]):
             raise QueueFull(self.retry_after_estimate()) from None
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise MailboxClosed from None
-        self._note_put(envelope)
+        return self._note_put(envelope)
 
-    async def put(self, envelope: Envelope[Req, Rep, Ev]) -> None:
+    async def put(self, envelope: Envelope[Req, Rep, Ev], *, checkpoint: bool = True) -> bool:
         """Enqueue, honouring the ``when_full`` policy. With ``wait`` the caller waits for a
-        slot until the envelope's deadline, then gets `QueueFull`."""
+        slot until the envelope's deadline, then gets `QueueFull`.
+
+        Returns True when the envelope went straight to an actor task waiting in `get`
+        (it was never queued: that actor now answers for it, deadline included). With
+        *checkpoint* false an envelope accepted at once costs no schedule point - for a
+        caller whose next step is to wait for the reply, which is one."""
         if self.when_full == "reject":
-            self.put_nowait(envelope)
-            await trio.lowlevel.checkpoint()
-            return
+            handed = self.put_nowait(envelope)
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
+            return handed
         try:
             self._send.send_nowait(envelope)
         except trio.WouldBlock:
@@ -211,25 +218,27 @@ class Mailbox(Generic[Req, Rep, Ev]):
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             raise MailboxClosed from None
         else:
-            self._note_put(envelope)
-            await trio.lowlevel.checkpoint()
-            return
+            handed = self._note_put(envelope)
+            if checkpoint:
+                await trio.lowlevel.checkpoint()
+            return handed
         with trio.move_on_at(envelope.deadline):
             try:
                 await self._send.send(envelope)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 raise MailboxClosed from None
-            self._note_put(envelope)
-            return
+            return self._note_put(envelope)
         self._rejected += 1
         raise QueueFull(self.retry_after_estimate())
 
-    def _note_put(self, envelope: Envelope[Req, Rep, Ev]) -> None:
+    def _note_put(self, envelope: Envelope[Req, Rep, Ev]) -> bool:
+        """Count an accepted envelope; True when it was handed to a waiting `get`."""
         envelope.enqueued_at = trio.current_time()
         self._accepted += 1
         queued = self._send.statistics().current_buffer_used
         if queued > self._peak_queued:
             self._peak_queued = queued
+        return queued == 0
 
     # -- actor side --------------------------------------------------------------------
 

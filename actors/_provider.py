@@ -30,6 +30,18 @@ token (streamed: the first event; non-streamed: the whole body) and inter-chunk 
 any body byte arrived, streamed or not) - trio cancel scopes, which also work with in-memory
 transports that httpx timeouts do not reach.
 
+**One scope per attempt.** A trio cancel scope costs ~6 us, as much as the rest of a
+chunk's handling, so the hot path has one per attempt: it covers sending, the body and its
+drain, its deadline follows the limit in force (moved before each read), and it is bound to
+the envelope, so the caller leaving cancels it (`_Abandoned` then carries that out as a
+cancellation). Waiting for the limiter or sleeping before a retry - off the hot path - bind
+scopes of their own. A request an idle worker took at once needs no watch on the caller's
+side either (`Mailbox.put` says so): only a queued request's caller sheds it at its deadline.
+
+**Workers.** An incarnation serves requests with long-lived worker tasks, one per request in
+flight (hired as concurrency grows, up to ``max_in_flight``, see `ProviderActor._work`), so
+a request costs no task of its own and goes from caller to worker in one hand-off.
+
 **What a timeout says.** A timeout names the limit that fired and its value (``no first
 token within 3s (timeouts.first_token)``, ``stream stalled: no data for 5s (timeouts.stall)``,
 ``connect timed out after 10s (timeouts.connect)``). When the request's own deadline (the
@@ -391,14 +403,16 @@ class Connection:
     async def _enqueue(self, call: Call, deadline: float) -> Reply:
         envelope: ProviderEnvelope = Envelope(call, deadline=deadline)
         try:
-            await self.mailbox.put(envelope)
+            # No checkpoint: waiting for the result is the next one.
+            handed = await self.mailbox.put(envelope, checkpoint=False)
         except (QueueFull, MailboxClosed) as exc:
             return self._rejection(exc, call)
         except BaseException:
-            # Cancelled at put's final checkpoint: the envelope may already be queued.
             envelope.abandon()
             raise
         try:
+            if handed:  # an idle worker took it: the actor enforces the deadline
+                return await envelope.wait()
             return await self._result(envelope)
         except BaseException:
             envelope.abandon()
@@ -472,17 +486,21 @@ class Connection:
         *call* with its reply channel, or end it at once with *refused*."""
         send, receive = trio.open_memory_channel[StreamEvent](buffer)
         envelope: ProviderEnvelope = Envelope(call, deadline=deadline, stream=send)
+        handed = False
         try:
             if refused is not None:
                 envelope.resolve(refused)
             else:
-                await self.mailbox.put(envelope)
+                # No checkpoint: the caller's first read is one.
+                handed = await self.mailbox.put(envelope, checkpoint=False)
         except (QueueFull, MailboxClosed) as exc:
             envelope.resolve(self._rejection(exc, call))
         except BaseException:
             envelope.abandon()
             raise
-        handle = ReplyStream(receive, envelope, self)
+        # Taken at once by an idle worker: the actor enforces the deadline, the caller's
+        # side needs no watch of its own (see `ReplyStream`).
+        handle = ReplyStream(receive, envelope, None if handed else self)
         try:
             with receive:
                 yield handle
@@ -508,9 +526,10 @@ class ReplyStream:
     """The caller's side of a streamed request: iterate events, then read ``result``.
 
     It is its own async iterator (not an async generator, which a caller breaking out of
-    its loop would leave to the garbage collector). While waiting for an event past the
-    request's deadline with the request still queued, the request is shed (see
-    `Connection.ask`)."""
+    its loop would leave to the garbage collector). With *connection* (the request was
+    queued), waiting for an event past the request's deadline while the request is still
+    queued sheds it (see `Connection.ask`); without, an actor took the request at once and
+    enforces its deadline itself."""
 
     def __init__(
         self,
@@ -621,12 +640,15 @@ class _Attempt:
         "body_started",
         "deltas",
         "emitted",
+        "exhausted",
         "first_token_at",
+        "limit",
         "number",
         "previous",
         "rate",
         "sent",
         "silent",
+        "started",
         "status",
         "usage",
     )
@@ -646,6 +668,12 @@ class _Attempt:
         self.rate: RateLimitInfo | None = None
         self.emitted = False
         self.first_token_at: float | None = None
+        self.started = 0.0
+        """When the exchange began (trio clock)."""
+        self.limit = "deadline"
+        """The name of the limit the attempt's scope is set to (see `ProviderActor._limit`)."""
+        self.exhausted = False
+        """The response body was read to its end (nothing to discard or close)."""
 
 
 def _estimate_input(request: Request) -> int:
@@ -731,6 +759,13 @@ def _price(gen: _Generation, answered: str, requested: str) -> Price | None:
     """The price of an attempt: the model that answered (providers report dated names such
     as ``gpt-4o-2024-08-06``), else the model that was asked for."""
     return price_for(gen.config, answered) or price_for(gen.config, requested)
+
+
+class _Abandoned(BaseException):
+    """The caller left while its request was being served: raised where the scope bound to
+    its envelope caught the cancellation, caught by `ProviderActor._serve_started`. A
+    `BaseException`, like `trio.Cancelled`, so no ``except Exception`` on the way takes it;
+    ``finally`` blocks (usage recording) run as for a cancellation."""
 
 
 class _Ticket:
@@ -921,10 +956,9 @@ class ProviderActor:
                 f"{conn.name!r}; no tokens were spent",
             )
         else:
-            with trio.CancelScope() as scope:
-                envelope.bind_scope(scope)
+            try:
                 result = await self._execute(envelope, pool)
-            if scope.cancelled_caught:
+            except _Abandoned:
                 result = self._failure(call, ErrorKind.CANCELLED, "the caller went away")
         if isinstance(result, Failure):
             result = redactor.failure(result)
@@ -959,7 +993,7 @@ class ProviderActor:
             # to the machine that issued them.
             breaker, admission = conn.breaker, conn.admission
             try:
-                grant = await admission.admit(estimate, deadline=deadline)
+                grant = await self._admit(admission, estimate, envelope)
             except AdmissionTimeout as exc:
                 message = f"deadline passed waiting for rate-limit capacity on {conn.name!r}"
                 if last is not None:
@@ -1040,7 +1074,24 @@ class ProviderActor:
                     retryable=outcome.retryable and not state.emitted,
                 )
             last = outcome
-            await trio.sleep(decision.delay)
+            with trio.CancelScope() as scope:
+                envelope.bind_scope(scope)
+                await trio.sleep(decision.delay)
+            if scope.cancelled_caught:
+                raise _Abandoned
+
+    async def _admit(
+        self, admission: Admission, estimate: int, envelope: ProviderEnvelope
+    ) -> Grant:
+        """A grant of the limiter: at once when there is capacity, else waiting (FIFO, until
+        the deadline) in a scope the caller leaving cancels."""
+        grant = admission.admit_nowait(estimate, deadline=envelope.deadline)
+        if grant is not None:
+            return grant
+        with trio.CancelScope() as scope:
+            envelope.bind_scope(scope)
+            return await admission.admit(estimate, deadline=envelope.deadline)
+        raise _Abandoned
 
     def _finish(
         self,
@@ -1203,23 +1254,22 @@ class ProviderActor:
         finally:
             pool.checkin(client)
 
-    def _limit(
-        self, gen: _Generation, envelope: ProviderEnvelope, started: float, state: _Attempt
-    ) -> tuple[float, str]:
-        """The next moment this attempt must give up, and what it is called: the request's
-        deadline; time to first token (streamed: the first event; non-streamed: the whole
-        body), counted from the attempt's start; and, once any body byte arrived, the
-        inter-chunk stall, counted from now (called right before each read)."""
+    def _limit(self, gen: _Generation, envelope: ProviderEnvelope, state: _Attempt) -> float:
+        """The next moment this attempt must give up (its name goes to ``state.limit``): the
+        request's deadline; time to first token (streamed: the first event; non-streamed:
+        the whole body), counted from the attempt's start; and, once any body byte arrived,
+        the inter-chunk stall, counted from now (called right before each read)."""
         timeouts = gen.config.timeouts
         at, what = envelope.deadline, "deadline"
         first = timeouts.first_token
-        if state.first_token_at is None and first is not None and started + first < at:
-            at, what = started + first, "first_token"
+        if state.first_token_at is None and first is not None and state.started + first < at:
+            at, what = state.started + first, "first_token"
         if timeouts.stall is not None and state.body_started:
             stall_at = trio.current_time() + timeouts.stall
             if stall_at < at:
                 at, what = stall_at, "stall"
-        return at, what
+        state.limit = what
+        return at
 
     def _timeout_failure(
         self,
@@ -1263,8 +1313,13 @@ class ProviderActor:
         state: _Attempt,
         streaming: bool,
     ) -> Completion | Embeddings | Failure:
-        started = trio.current_time()
+        """One HTTP exchange, in one cancel scope bound to the envelope (see "One scope per
+        attempt" in the module header)."""
+        state.started = trio.current_time()
         head = False
+        response: httpx.Response | None = None
+        chunks: AsyncIterator[bytes] | None = None
+        result: Completion | Embeddings | Failure | None = None
         try:
             try:
                 request = _build_request(http)
@@ -1279,69 +1334,85 @@ class ProviderActor:
                     "non-ASCII characters or line breaks",
                 )
             state.sent = True
-            at, what = self._limit(gen, envelope, started, state)
-            if not streaming and gen.config.timeouts.stall is None:
-                # The common non-streamed case: no per-chunk limit to enforce, so the body is
-                # read in one `aread` - no iterator chain to walk, discard and close.
-                with trio.move_on_at(at) as scope:
-                    response = await client.send(request, stream=True)
-                    head = True
-                    state.status = response.status_code
-                    try:
-                        await response.aread()
-                    finally:
-                        if not response.is_closed:
-                            with trio.move_on_after(1) as close_scope:
-                                close_scope.shield = True
-                                await response.aclose()
-                if scope.cancelled_caught:
-                    return self._timeout_failure(gen, call, envelope, what, state)
-                return self._complete(gen, call, response, state)
-            with trio.move_on_at(at) as scope:
+            with trio.CancelScope(deadline=self._limit(gen, envelope, state)) as scope:
+                envelope.bind_scope(scope)
                 response = await client.send(request, stream=True)
-            if scope.cancelled_caught:
-                return self._timeout_failure(gen, call, envelope, what, state)
-            # From here on a broken connection cut a response: ``stream_interrupted``.
-            head = True
-            chunks = response.aiter_bytes()
-            try:
+                head = True
                 state.status = response.status_code
-                # A plain dict: each lookup in httpx.Headers scans every header.
-                state.rate = parse_rate_limit_headers(
-                    dict(response.headers.items()), now=self.connection.wall_clock()
-                )
-                if response.status_code >= 300 or not streaming:
-                    parts: list[bytes] = []
-                    what = "deadline"
-                    # One cancel scope for the whole body; its deadline follows the limits.
-                    with trio.CancelScope() as body_scope:
-                        while True:
-                            at, what = self._limit(gen, envelope, started, state)
-                            if body_scope.deadline != at:
-                                body_scope.deadline = at
-                            chunk = await anext(chunks, None)
-                            if chunk is None:
-                                break
-                            state.body_started = True
-                            parts.append(chunk)
-                    if body_scope.cancelled_caught:
-                        return self._timeout_failure(gen, call, envelope, what, state)
-                    return self._parse(gen, call, response, b"".join(parts), state)
-                return await self._relay(gen, call, envelope, chunks, state, started)
-            finally:
-                # Shielded, so this also happens when the caller cancelled, and bounded, so
-                # a stuck transport cannot wedge us.
-                with trio.move_on_after(1) as close_scope:
-                    close_scope.shield = True
-                    await _discard(chunks)
-                    await response.aclose()
+                if not streaming and gen.config.timeouts.stall is None:
+                    # No per-chunk limit to enforce: the body in one `aread` - no iterator
+                    # chain to walk, discard and close.
+                    await response.aread()
+                    state.exhausted = True
+                    result = self._complete(gen, call, response, state)
+                else:
+                    # A plain dict: each lookup in httpx.Headers scans every header.
+                    headers = dict(response.headers.items())
+                    state.rate = parse_rate_limit_headers(headers, now=self.connection.wall_clock())
+                    # Without a content-encoding the raw body is the body: one async
+                    # generator less per chunk than `aiter_bytes` (which also serves a body
+                    # an in-memory transport handed over already read).
+                    chunks = (
+                        response.aiter_bytes()
+                        if "content-encoding" in headers or response.is_stream_consumed
+                        else response.aiter_raw()
+                    )
+                    if response.status_code >= 300 or not streaming:
+                        result = await self._read_body(
+                            gen, call, envelope, response, chunks, state, scope
+                        )
+                    else:
+                        result = await self._relay(gen, call, envelope, chunks, state, scope)
+                        if not isinstance(result, Failure):
+                            await self._drain(gen, envelope, chunks, state, scope)
+            if scope.cancelled_caught:
+                if envelope.abandoned:
+                    raise _Abandoned
+                if result is None or state.limit != "drain":
+                    return self._timeout_failure(gen, call, envelope, state.limit, state)
+            assert result is not None
+            return result
         except Exception as exc:
             if not is_httpx_error(exc):
                 raise
             failure = failure_from_exception(exc, streaming=head)
             if head:
                 return msgspec.structs.replace(failure, usage=state.usage)
-            return self._before_head(gen, exc, failure, state, started)
+            return self._before_head(gen, exc, failure, state)
+        finally:
+            if response is not None and not (state.exhausted and response.is_closed):
+                # Shielded, so this also happens when the caller cancelled, and bounded, so
+                # a stuck transport cannot wedge us. A body read to its end needs none of it.
+                with trio.move_on_after(1) as close_scope:
+                    close_scope.shield = True
+                    if chunks is not None:
+                        await _discard(chunks)
+                    await response.aclose()
+
+    async def _read_body(
+        self,
+        gen: _Generation,
+        call: Call,
+        envelope: ProviderEnvelope,
+        response: httpx.Response,
+        chunks: AsyncIterator[bytes],
+        state: _Attempt,
+        scope: trio.CancelScope,
+    ) -> Completion | Embeddings | Failure:
+        """A whole body (an error, or a non-streamed answer) under the attempt's limits,
+        moved before each read."""
+        parts: list[bytes] = []
+        while True:
+            at = self._limit(gen, envelope, state)
+            if scope.deadline != at:
+                scope.deadline = at
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                state.exhausted = True
+                break
+            state.body_started = True
+            parts.append(chunk)
+        return self._parse(gen, call, response, b"".join(parts), state)
 
     def _before_head(
         self,
@@ -1349,7 +1420,6 @@ class ProviderActor:
         exc: Exception,
         failure: Failure,
         state: _Attempt,
-        started: float,
     ) -> Failure:
         """An httpx error before the response head: a connect timeout names its limit; a
         connection the provider closed after taking the request is a silent attempt (see the
@@ -1363,7 +1433,7 @@ class ProviderActor:
             state.silent = True
         elif isinstance(exc, _CLOSED_BEFORE_HEAD):
             state.silent = True
-            waited = trio.current_time() - started
+            waited = trio.current_time() - state.started
             failure = msgspec.structs.replace(
                 failure,
                 message=f"no response {waited:.1f}s after the request was sent: {failure.message}",
@@ -1411,74 +1481,67 @@ class ProviderActor:
         envelope: ProviderEnvelope,
         chunks: AsyncIterator[bytes],
         state: _Attempt,
-        started: float,
+        scope: trio.CancelScope,
     ) -> Completion | Failure:
         """Decode a streamed body and relay its events to the caller as they arrive.
 
-        One cancel scope covers the whole body; before each read its deadline is moved to the
-        limit in force (first token, stall, deadline). Events go out with ``send_nowait``;
-        only a full channel (a slow caller) costs an awaited send, bounded by the deadline.
+        Before each read the attempt's *scope* gets the limit in force (first token, stall,
+        deadline). Events go out with ``send_nowait``; only a full channel (a slow caller)
+        costs an awaited send, bounded by the deadline. A limit that fires cancels *scope*:
+        `_exchange` turns that into the timeout failure.
         """
         assert envelope.stream is not None
         send = envelope.stream
         decoder = gen.dialect.stream_decoder()
         acc = StreamAccumulator()
-        result: Completion | Failure | None = None
-        what = "deadline"
-        with trio.CancelScope() as scope:
-            while result is None:
-                at, what = self._limit(gen, envelope, started, state)
-                if scope.deadline != at:
-                    scope.deadline = at
-                chunk = await anext(chunks, None)
-                if chunk is not None:
-                    state.body_started = True
-                items = decoder.close() if chunk is None else decoder.feed(chunk)
-                for item in items:
-                    acc.add(item)
-                    if isinstance(item, Failure):
-                        state.usage = item.usage if item.usage is not None else state.usage
-                        return item
-                    if isinstance(item, UsageUpdate):
-                        state.usage = item.usage
-                        if not state.emitted:
-                            continue
-                    elif isinstance(item, Finished):
-                        state.usage = item.usage
-                    else:
-                        if state.first_token_at is None:
-                            state.first_token_at = trio.current_time()
-                        state.emitted = True
-                        state.deltas += 1
+        while True:
+            at = self._limit(gen, envelope, state)
+            if scope.deadline != at:
+                scope.deadline = at
+            chunk = await anext(chunks, None)
+            if chunk is None:
+                state.exhausted = True
+                items = decoder.close()
+            else:
+                state.body_started = True
+                items = decoder.feed(chunk)
+            for item in items:
+                acc.add(item)
+                if isinstance(item, Failure):
+                    state.usage = item.usage if item.usage is not None else state.usage
+                    return item
+                if isinstance(item, UsageUpdate):
+                    state.usage = item.usage
+                    if not state.emitted:
+                        continue
+                elif isinstance(item, Finished):
+                    state.usage = item.usage
+                else:
+                    if state.first_token_at is None:
+                        state.first_token_at = trio.current_time()
+                    state.emitted = True
+                    state.deltas += 1
+                try:
+                    send.send_nowait(item)
+                except trio.WouldBlock:
+                    # A caller that stops reading but keeps the stream open gets
+                    # backpressure, bounded by its deadline: it cannot hold this attempt
+                    # (and its limiter slot) forever.
+                    scope.deadline, state.limit = envelope.deadline, "deadline"
                     try:
-                        send.send_nowait(item)
-                    except trio.WouldBlock:
-                        # A caller that stops reading but keeps the stream open gets
-                        # backpressure, bounded by its deadline: it cannot hold this attempt
-                        # (and its limiter slot) forever.
-                        scope.deadline, what = envelope.deadline, "deadline"
-                        try:
-                            await send.send(item)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            envelope.abandon()
-                            await trio.lowlevel.checkpoint()
+                        await send.send(item)
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         envelope.abandon()
                         await trio.lowlevel.checkpoint()
-                    if isinstance(item, Finished):
-                        result = acc.completion()
-                        break
-                else:
-                    if chunk is None or decoder.done:
-                        # A decoder that ended without a terminal item is a decoder bug.
-                        message = "stream ended without a result"
-                        return self._failure(
-                            call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage
-                        )
-        if result is None:
-            return self._timeout_failure(gen, call, envelope, what, state)
-        await self._drain(gen, envelope, chunks, state, started)
-        return result
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    envelope.abandon()
+                    await trio.lowlevel.checkpoint()
+                if isinstance(item, Finished):
+                    return acc.completion()
+            if chunk is None or decoder.done:
+                # A decoder that ended without a terminal item is a decoder bug.
+                message = "stream ended without a result"
+                return self._failure(call, ErrorKind.STREAM_INTERRUPTED, message, usage=state.usage)
 
     async def _drain(
         self,
@@ -1486,22 +1549,24 @@ class ProviderActor:
         envelope: ProviderEnvelope,
         chunks: AsyncIterator[bytes],
         state: _Attempt,
-        started: float,
+        scope: trio.CancelScope,
     ) -> None:
         """Read what follows the terminal event (a trailing ``[DONE]``, the chunked-encoding
         terminator) so the HTTP connection ends cleanly and can be reused; a response closed
         before its end costs a new TCP and TLS handshake on the next request. Bounded by
-        `DRAIN_S`, `DRAIN_BYTES` and the attempt's limits; any failure just stops it - the
-        answer is already complete."""
+        `DRAIN_S`, `DRAIN_BYTES` and the attempt's limits (``state.limit`` is then
+        ``"drain"``: `_exchange` keeps the answer when *scope* fires); any failure just stops
+        it - the answer is already complete."""
         left = DRAIN_BYTES
-        at = min(trio.current_time() + DRAIN_S, self._limit(gen, envelope, started, state)[0])
-        with trio.move_on_at(at):  # one scope for the whole drain: it is on every stream
-            try:
-                while left > 0:
-                    chunk = await anext(chunks, None)
-                    if chunk is None:
-                        return
-                    left -= len(chunk)
-            except Exception as exc:
-                if not is_httpx_error(exc):
-                    raise
+        scope.deadline = min(trio.current_time() + DRAIN_S, self._limit(gen, envelope, state))
+        state.limit = "drain"
+        try:
+            while left > 0:
+                chunk = await anext(chunks, None)
+                if chunk is None:
+                    state.exhausted = True
+                    return
+                left -= len(chunk)
+        except Exception as exc:
+            if not is_httpx_error(exc):
+                raise

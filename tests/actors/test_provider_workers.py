@@ -4,17 +4,20 @@ at once in both directions. Structure and counts only (the cost is `bench/overhe
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import msgspec
+import pytest
 import trio
 import trio.testing
 
 from actors._mailbox import Interrupted, Mailbox
 from actors.testing._faults import FaultPlan, Latency
 from protocol._config import RateLimitConfig
-from protocol._messages import Completion
+from protocol._errors import ErrorKind
+from protocol._messages import Completion, Failure
 
 from .test_provider import chat_request, config, connect, serving, stream_all
 
@@ -122,3 +125,54 @@ async def test_interrupt_getters_wakes_only_tasks_already_waiting() -> None:
     assert outcomes == ["interrupted", "interrupted"]
     assert mailbox.interrupt_getters(1) == 0  # nobody waits: nothing is sent or queued
     assert mailbox.statistics().queued == 0
+
+
+class _ScopeCount:
+    """Counts cancel scopes entered by code of `actors._provider` (any part of a request:
+    the caller's side and the actor's)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        real = trio.CancelScope.__enter__
+
+        def enter(scope: trio.CancelScope) -> trio.CancelScope:
+            if sys._getframe(1).f_globals.get("__name__") == "actors._provider":
+                self.count += 1
+            return real(scope)
+
+        monkeypatch.setattr(trio.CancelScope, "__enter__", enter)
+
+
+async def test_a_request_taken_at_once_costs_one_cancel_scope(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, _ = connect(config("openai"))
+    async with serving(conn):
+        await conn.chat(chat_request())  # warm: a worker waits idle from now on
+        scopes = _ScopeCount(monkeypatch)
+        assert isinstance(await conn.chat(chat_request()), Completion)
+        assert scopes.count == 1  # the attempt's, bound to the envelope
+        _, result = await stream_all(conn, chat_request())
+        assert isinstance(result, Completion)
+        assert scopes.count == 2
+
+
+async def test_a_queued_request_is_still_shed_by_its_caller_at_its_deadline(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    conn, _ = connect(config("openai"), FaultPlan.always(Latency(seconds=20.0)))
+    conn.max_in_flight = 1
+    async with serving(conn) as nursery:
+        nursery.start_soon(conn.chat, chat_request())
+        await trio.testing.wait_all_tasks_blocked()
+        chat = await conn.chat(chat_request(), timeout=5.0)
+        assert trio.current_time() == 5.0
+        async with conn.stream(chat_request(), timeout=5.0) as s:
+            events = [e async for e in s]
+        assert trio.current_time() == 10.0
+    assert isinstance(chat, Failure)
+    assert chat.kind is ErrorKind.DEADLINE
+    assert events == []
+    result = s.result
+    assert isinstance(result, Failure)
+    assert result.kind is ErrorKind.DEADLINE
