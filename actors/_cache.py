@@ -36,9 +36,10 @@ Choices:
   call as one delta each, then `Finished` (with the zero usage).
 - **Stores.** A `CacheStore` is two coroutines, ``get(key) -> bytes | None`` and
   ``set(key, value, ttl)``: `MemoryStore` (in-process, bounded, least recently used first)
-  by default; a shared store (Redis) plugs in the same way. A store that fails or takes
-  longer than ``STORE_TIMEOUT_S`` is a miss (counted in ``errors``, logged), never a failed
-  request; a stored value that does not decode is a miss too.
+  by default; `SharedCacheStore` keeps them in the shared state's Redis, so every process
+  using it shares one cache. A store that fails or takes longer than ``STORE_TIMEOUT_S`` is
+  a miss (counted in ``errors``, logged), never a failed request; a stored value that does
+  not decode is a miss too.
 - **Coalescing** (``coalesce = true``, the default) runs every cached request as a flight
   (``actors._coalesce``): identical requests in flight share one upstream call, and the
   answer is stored once the callers have it, while later identical requests still join.
@@ -54,7 +55,7 @@ import math
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import msgspec
 import trio
@@ -79,6 +80,9 @@ from protocol._messages import (
 from ._coalesce import Flight, Flights, Outcome, Seat, shared_copy, wait_for
 from ._provider import deadline_after
 from ._router import Router, RouterStream
+
+if TYPE_CHECKING:
+    from ._shared_state import SharedState
 
 log = logging.getLogger("switchboard.cache")
 
@@ -146,6 +150,58 @@ class MemoryStore:
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         self.set_at(key, value, ttl, self._clock())
+
+
+class SharedCacheStore:
+    """The cache in the shared state's store (``[runtime] state = "redis://..."``), so every
+    process using the same Redis shares one cache.
+
+    Keys are ``switchboard:cache:<key>``; Redis expires them itself (``PX``). Every call goes
+    through *shared* (`actors._shared_state.SharedState.call`): bounded by
+    ``state_timeout_s``, and a failure marks the store unreachable, after which calls fail at
+    once until it answers again - for the cache, a miss (counted in ``errors``), never a
+    failed request. Any exception of the client is translated to `StoreUnavailable` here."""
+
+    PREFIX = "switchboard:cache:"
+
+    def __init__(self, shared: SharedState, *, prefix: str = PREFIX) -> None:
+        from ._shared_state import StoreUnavailable  # only with shared state
+
+        self._shared = shared
+        self._prefix = prefix
+        self._unavailable = StoreUnavailable
+
+    def _client(self) -> Any:
+        client = getattr(self._shared.store, "client", None)
+        if client is None:
+            raise self._unavailable("not connected")
+        return client
+
+    async def get(self, key: str) -> bytes | None:
+        client = self._client()
+
+        async def read() -> object:
+            try:
+                return await client.get(self._prefix + key)
+            except Exception as exc:
+                raise self._unavailable(type(exc).__name__) from None
+
+        value = await self._shared.call(read)
+        return value if isinstance(value, bytes) else None
+
+    async def set(self, key: str, value: bytes, ttl: float) -> None:
+        if not ttl > 0:
+            return
+        client = self._client()
+        px = None if math.isinf(ttl) else max(1, round(ttl * 1000))
+
+        async def write() -> object:
+            try:
+                return await client.set(self._prefix + key, value, px=px)
+            except Exception as exc:
+                raise self._unavailable(type(exc).__name__) from None
+
+        await self._shared.call(write)
 
 
 class CacheStatistics(msgspec.Struct, frozen=True, kw_only=True):
