@@ -17,6 +17,12 @@ from ._breaker import BreakerTransitionError as BreakerTransitionError
 from ._breaker import Permit as Permit
 from ._breaker import Refusal as Refusal
 from ._breaker import Transition as Transition
+from ._cache import CacheStatistics as CacheStatistics
+from ._cache import CacheStore as CacheStore
+from ._cache import MemoryCacheStore as MemoryCacheStore
+from ._cache import ResponseCache as ResponseCache
+from ._cache import SharedCacheStore as SharedCacheStore
+from ._cache import SharedStream as SharedStream
 from ._client_keys import ClientGrant as ClientGrant
 from ._client_keys import ClientKey as ClientKey
 from ._client_keys import ClientKeys as ClientKeys
@@ -90,6 +96,8 @@ __all__ = [
     "BreakerSnapshot",
     "BreakerState",
     "BreakerTransitionError",
+    "CacheStatistics",
+    "CacheStore",
     "Call",
     "Client",
     "ClientGrant",
@@ -113,6 +121,7 @@ __all__ = [
     "Mailbox",
     "MailboxClosed",
     "MailboxStatistics",
+    "MemoryCacheStore",
     "ModelUsage",
     "Permit",
     "ProviderActor",
@@ -120,12 +129,15 @@ __all__ = [
     "Refusal",
     "ReplyStream",
     "ResolvedTarget",
+    "ResponseCache",
     "RetryBudget",
     "RetryBudgetSnapshot",
     "RetryDecision",
     "RetryPolicy",
     "Router",
     "RouterStream",
+    "SharedCacheStore",
+    "SharedStream",
     "Transition",
     "Wait",
     "ask",

@@ -35,7 +35,7 @@ Choices:
   served from the cache replays the answer: the reasoning, the whole text and each tool
   call as one delta each, then `Finished` (with the zero usage).
 - **Stores.** A `CacheStore` is two coroutines, ``get(key) -> bytes | None`` and
-  ``set(key, value, ttl)``: `MemoryStore` (in-process, bounded, least recently used first)
+  ``set(key, value, ttl)``: `MemoryCacheStore` (in-process, bounded, least recently used first)
   by default; `SharedCacheStore` keeps them in the shared state's Redis, so every process
   using it shares one cache. A store that fails or takes longer than ``STORE_TIMEOUT_S`` is
   a miss (counted in ``errors``, logged), never a failed request; a stored value that does
@@ -107,7 +107,7 @@ class CacheStore(Protocol):
         ...
 
 
-class MemoryStore:
+class MemoryCacheStore:
     """The in-process store: at most *max_entries* values, each until its TTL passes; when
     full, the least recently used goes first. Times come from *clock* (default: trio's)."""
 

@@ -6,6 +6,7 @@ Pure: imports only the standard library and msgspec (a test keeps it so).
 from ._accumulate import StreamAccumulator as StreamAccumulator
 from ._config import BreakerConfig as BreakerConfig
 from ._config import BudgetPeriod as BudgetPeriod
+from ._config import CacheConfig as CacheConfig
 from ._config import ClientConfig as ClientConfig
 from ._config import ConnectionConfig as ConnectionConfig
 from ._config import GatewayConfig as GatewayConfig
@@ -70,6 +71,7 @@ from ._frames import Welcome as Welcome
 from ._frames import decode_client_frame as decode_client_frame
 from ._frames import decode_server_frame as decode_server_frame
 from ._frames import encode_frame as encode_frame
+from ._messages import CacheMode as CacheMode
 from ._messages import ChatRequest as ChatRequest
 from ._messages import Completion as Completion
 from ._messages import ContentPart as ContentPart
@@ -85,6 +87,7 @@ from ._messages import Producer as Producer
 from ._messages import ReasoningDelta as ReasoningDelta
 from ._messages import ResponseFormat as ResponseFormat
 from ._messages import Restart as Restart
+from ._messages import ServedFrom as ServedFrom
 from ._messages import StreamEvent as StreamEvent
 from ._messages import Switched as Switched
 from ._messages import TextDelta as TextDelta
@@ -107,6 +110,8 @@ __all__ = [
     "Accepted",
     "BreakerConfig",
     "BudgetPeriod",
+    "CacheConfig",
+    "CacheMode",
     "Cancel",
     "ChatCall",
     "ChatRequest",
@@ -162,6 +167,7 @@ __all__ = [
     "SUBPROTOCOL_JSON",
     "SUBPROTOCOL_MSGPACK",
     "Secret",
+    "ServedFrom",
     "ServerFrame",
     "StatusCall",
     "StatusReply",

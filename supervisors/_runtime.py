@@ -46,7 +46,7 @@ import httpx
 import msgspec
 import trio
 
-from actors._cache import CacheStatistics, MemoryStore, ResponseCache, SharedStream
+from actors._cache import CacheStatistics, MemoryCacheStore, ResponseCache, SharedStream
 from actors._client_keys import ClientStatistics
 from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
@@ -254,7 +254,7 @@ class Runtime:
         self.responses = ResponseCache(
             self.router,
             default=settings.cache,
-            store=MemoryStore(settings.cache_max_entries),
+            store=MemoryCacheStore(settings.cache_max_entries),
         )
         """The response cache and request coalescing in front of the router."""
 

@@ -14,7 +14,7 @@ import pytest
 import trio
 from trio.testing import MockClock
 
-from actors._cache import MemoryStore, deterministic, replay, request_key
+from actors._cache import MemoryCacheStore, deterministic, replay, request_key
 from actors._coalesce import Flight, Flights, Outcome, shared_copy, wait_for
 from protocol._errors import ErrorKind
 from protocol._messages import (
@@ -134,7 +134,7 @@ def test_deterministic_means_temperature_zero_or_a_seed() -> None:
 
 
 def test_memory_store_serves_until_the_ttl_exactly() -> None:
-    store = MemoryStore()
+    store = MemoryCacheStore()
     store.set_at("k", b"v", 300.0, now=10.0)
     assert store.get_at("k", 10.0) == b"v"
     assert store.get_at("k", 309.999) == b"v"
@@ -143,7 +143,7 @@ def test_memory_store_serves_until_the_ttl_exactly() -> None:
 
 
 def test_memory_store_set_replaces_and_zero_ttl_stores_nothing() -> None:
-    store = MemoryStore()
+    store = MemoryCacheStore()
     store.set_at("k", b"old", 10.0, now=0.0)
     store.set_at("k", b"new", 10.0, now=5.0)
     assert store.get_at("k", 14.0) == b"new"  # the new TTL counts from 5
@@ -152,7 +152,7 @@ def test_memory_store_set_replaces_and_zero_ttl_stores_nothing() -> None:
 
 
 def test_memory_store_evicts_the_least_recently_used() -> None:
-    store = MemoryStore(max_entries=2)
+    store = MemoryCacheStore(max_entries=2)
     store.set_at("a", b"1", 100.0, now=0.0)
     store.set_at("b", b"2", 100.0, now=0.0)
     assert store.get_at("a", 1.0) == b"1"  # "a" is now the most recently used
@@ -163,11 +163,11 @@ def test_memory_store_evicts_the_least_recently_used() -> None:
         b"3",
     )
     with pytest.raises(ValueError, match="max_entries"):
-        MemoryStore(max_entries=0)
+        MemoryCacheStore(max_entries=0)
 
 
 async def test_memory_store_async_face_reads_the_trio_clock(autojump_clock: MockClock) -> None:
-    store = MemoryStore()
+    store = MemoryCacheStore()
     await store.set("k", b"v", 5.0)
     await trio.sleep(4.5)
     assert await store.get("k") == b"v"
