@@ -30,6 +30,10 @@ Choices:
 - **Metrics** are the connections' own counters plus what callers of the runtime saw
   (requests, completions, failures by kind after routing, failovers) and current queue
   depths; `RuntimeMetrics.prometheus` renders all of it.
+- **Response cache.** Requests go to the router through `ResponseCache` (``actors._cache``):
+  for a route with ``cache`` set, identical deterministic requests get a stored answer or
+  share one upstream call (``actors._coalesce``, whose flights run in the runtime's
+  nursery); for every other request it is the router itself.
 """
 
 from __future__ import annotations
@@ -353,7 +357,8 @@ class Runtime:
     async def stream(self, request: ChatRequest) -> AsyncIterator[RouterStream | SharedStream]:
         """Stream *request*: ``async with rt.stream(req) as s: async for event in s: ...``;
         afterwards ``s.result`` is the `Completion` or the `Failure`. Leaving the block
-        early cancels the upstream request (its usage is still recorded)."""
+        early cancels the upstream request (its usage is still recorded), unless identical
+        requests share it (a cached route): then it goes on for them."""
         self._requests += 1
         async with self.responses.stream(request) as handle:
             try:
