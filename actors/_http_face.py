@@ -46,6 +46,8 @@ Design:
   server: a bug in one request is a 500 for that request and a log line.
 - **Graceful shutdown**: new requests get 503, idle keep-alive connections close, running
   requests finish up to the drain time, then are cancelled (503, or an error event).
+- **The status page** (``/``, ``/status``, ``/status/events``) is ``actors._status_page``'s;
+  this class only routes to it, authenticates it and runs its event streams.
 """
 
 from __future__ import annotations
@@ -97,6 +99,7 @@ from protocol._openai_face import (
 
 from ._client_keys import ClientGrant, ClientKey, ClientKeys
 from ._gateway import GatewayBackend
+from ._status_page import PAGE, PAGE_HEADERS, StatusPage, StatusSource, query_token
 
 log = logging.getLogger("switchboard.http")
 
@@ -454,7 +457,8 @@ class HttpFace:
 
     ``dispatch(stream)`` is called by the gateway for each new TCP connection;
     ``shutdown(drain_s)`` by the gateway's shutdown. ``wall_clock`` (epoch seconds) stamps
-    the ``created`` field of answers.
+    the ``created`` field of answers. ``status`` feeds the status page (without it, ``/``
+    and ``/status*`` are 404).
     """
 
     def __init__(
@@ -464,8 +468,10 @@ class HttpFace:
         *,
         clients: ClientKeys,
         wall_clock: Callable[[], float] = time.time,
+        status: StatusSource | None = None,
     ) -> None:
         self.backend = backend
+        self.status_page = None if status is None else StatusPage(status)
         self.config = config
         self.clients = clients
         self.wall_clock = wall_clock
@@ -542,6 +548,8 @@ class HttpFace:
         """Refuse new requests (503), close idle connections, let running requests finish
         for up to *drain_s* seconds, then cancel what is left."""
         self._closing = True
+        if self.status_page is not None:
+            self.status_page.close()
         await self._context.terminated.set()
         if self._in_flight:
             with trio.move_on_after(drain_s):
@@ -833,6 +841,65 @@ class HttpFace:
             ]
         return "\n".join(lines) + "\n"
 
+    async def _status_html(self, ex: _Exchange) -> None:
+        if self.status_page is None:
+            await ex.fail(_not_found(ex.path))
+            return
+        await ex.respond(
+            200, PAGE, content_type="text/html; charset=utf-8", headers=list(PAGE_HEADERS)
+        )
+
+    def _status_viewer(self, ex: _Exchange) -> ClientKey | None:
+        """The client a status request authenticates as: its header token, else its
+        ``token`` query parameter (a browser's EventSource cannot send headers)."""
+        client = self.clients.authenticate(ex.token() or query_token(ex.scope))
+        if client is not None:
+            ex.client = client.name
+        return client
+
+    async def _status_json(self, ex: _Exchange) -> None:
+        page = self.status_page
+        if page is None:
+            await ex.fail(_not_found(ex.path))
+        elif self._status_viewer(ex) is None:
+            await ex.fail(_unauthorized())
+        else:
+            body = page.current(trio.current_time())
+            await ex.respond(200, body, headers=list(PAGE_HEADERS))
+
+    async def _status_events(self, ex: _Exchange) -> None:
+        """The status page's event stream, until the viewer leaves or the server closes."""
+        page = self.status_page
+        if page is None:
+            await ex.fail(_not_found(ex.path))
+            return
+        if self._closing:
+            await ex.fail(_shutting_down())
+            return
+        if self._status_viewer(ex) is None:
+            await ex.fail(_unauthorized())
+            return
+        with page.viewer() as admitted:
+            if not admitted:
+                busy = WireError(
+                    status=503,
+                    type="service_unavailable_error",
+                    code="too_many_viewers",
+                    message=f"{page.max_viewers} status pages are open; try again later",
+                    retry_after=5.0,
+                )
+                await ex.fail(busy)
+                return
+            await ex.start(200, list(PAGE_HEADERS), "text/event-stream")
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_disconnect, ex, nursery.cancel_scope)
+                with contextlib.suppress(_ClientGone):
+                    await page.stream(ex.write)
+                nursery.cancel_scope.cancel()
+        if not ex.gone and not ex.finished:  # the page closed: end the response
+            with contextlib.suppress(_ClientGone):
+                await ex.write(b"", more=False)
+
     async def _healthz(self, ex: _Exchange) -> None:
         await ex.respond(200, encode({"status": "alive"}))
 
@@ -928,6 +995,9 @@ def _not_found(path: str) -> WireError:
 
 
 _ROUTES: Final[dict[str, dict[str, _Handler]]] = {
+    "/": {"GET": HttpFace._status_html},
+    "/status": {"GET": HttpFace._status_json},
+    "/status/events": {"GET": HttpFace._status_events},
     "/v1/chat/completions": {"POST": HttpFace._chat},
     "/v1/messages": {"POST": HttpFace._messages},
     "/v1/embeddings": {"POST": HttpFace._embeddings},

@@ -15,6 +15,7 @@ import msgspec
 import trio
 
 from actors._gateway import Gateway, StreamHandle
+from actors._status_page import StatusSnapshot, build_snapshot
 from protocol._config import GatewayConfig
 from protocol._frames import ConnectionStatus
 from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure
@@ -61,6 +62,11 @@ class RuntimeBackend:
     def metrics_text(self) -> str:
         return self.runtime.metrics().prometheus()
 
+    def status_snapshot(self) -> StatusSnapshot:
+        """The status page's data (``actors._status_page``)."""
+        health = self.runtime.health()
+        return build_snapshot(health.status, health.connections, self.runtime.metrics())
+
     def status_report(self) -> tuple[str, list[ConnectionStatus]]:
         health = self.runtime.health()
         metrics = self.runtime.metrics().connections
@@ -98,6 +104,6 @@ async def start_gateway(
     if cfg.http:
         from actors._http_face import HttpFace  # the HTTP stack only when it is used
 
-        gateway.http = HttpFace(backend, cfg, clients=gateway.clients)
+        gateway.http = HttpFace(backend, cfg, clients=gateway.clients, status=backend)
     started: Gateway = await nursery.start(gateway.serve)
     return started
