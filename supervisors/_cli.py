@@ -281,6 +281,8 @@ async def _serve(args: argparse.Namespace) -> int:
                 if rt.gateway.http is not None:
                     http_url = "http" + rt.gateway.url.removeprefix("ws")
                     print(f"OpenAI-compatible API on {http_url}/v1 (api_key: the token)")
+                    fragment = f"#token={token}" if shown == token else ""  # never a config token
+                    print(f"status page: {http_url}/{fragment}")
                 print(f"token: {shown}")
                 print(f"state file: {path} (used by `switchboard chat` and `switchboard status`)")
                 print('try: switchboard chat "hello"   (Ctrl-C stops the server)', flush=True)
