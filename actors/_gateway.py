@@ -24,17 +24,26 @@ Design:
   concurrent requests per socket (excess requests get a ``queue_full`` failure frame),
   handshake timeout (no valid hello in time: 4408). A frame that cannot be decoded gets a
   typed failure frame for its id (or for id ``""``) and never disturbs other requests.
-- **Backpressure end to end**: frames are sent one at a time per socket; a request task blocked
-  on a slow socket stops reading its provider stream, which stops reading the provider's
-  socket. A client that has not accepted a frame for ``slow_client_timeout_s`` is closed with
-  4429. WebSocket pings every ``ping_interval_s`` close connections whose peer went silent.
+- **One writer per socket, one write per wake-up.** Request tasks and the read loop do not
+  write to the socket: they queue encoded frames (no lock, no checkpoint while there is
+  room) and the session's writer task takes everything queued each time it wakes up. To a
+  client that offered the ``batch`` feature in its hello, those frames go out as one `Batch`
+  message (one socket write and one decode on the client for all the events that arrived
+  meanwhile: under load that is many events per write); to any other client, one message per
+  frame, as before. The per-event cost of a lock, a shielded cancel scope, a WebSocket frame
+  and a system call was most of what the gateway cost (``bench/gateway.py``).
+- **Backpressure end to end**: at most ``_WRITE_BYTES`` of encoded frames wait per socket; a
+  request task that finds the queue full waits, so it stops reading its provider stream,
+  which stops reading the provider's socket. A client that has not accepted a message for
+  ``slow_client_timeout_s`` is closed with 4429. WebSocket pings every ``ping_interval_s``
+  close connections whose peer went silent.
 - **A frame is written whole or not at all.** Cancelling a task in the middle of a socket write
   would leave half a WebSocket frame on the wire and corrupt the socket for every other
-  request on it. So waiting for the send lock is cancellable (nothing written yet), but the
-  write itself is shielded; a write that stays blocked is ended by the session's watchdog,
-  which closes the socket as a slow consumer (4429): the close frame queues behind the
-  blocked frame, so a client that reads again sees whole frames and then the code, and one
-  that never does is cut off after a short grace.
+  request on it. So queueing is cancellable (nothing written yet), only the writer writes,
+  and each message is written shielded; a write that stays blocked is ended by the
+  session's watchdog, which closes the socket as a slow consumer (4429): the close frame
+  queues behind the blocked message, so a client that reads again sees whole frames and then
+  the code, and one that never does is cut off after a short grace.
 - **Replies to control frames** (pong, rejections, decode errors) are sent by the read loop
   itself, so a client that floods the gateway without reading is slowed (and eventually
   closed as slow), instead of growing one task per frame.
@@ -75,6 +84,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, suppress
 from typing import Any, Protocol
 
@@ -90,6 +100,7 @@ from protocol._frames import (
     CLOSE_SLOW_CONSUMER,
     CLOSE_UNAUTHORIZED,
     CLOSE_UNSUPPORTED_VERSION,
+    FEATURE_BATCH,
     PROTOCOL_VERSION,
     SUBPROTOCOLS,
     Accepted,
@@ -112,10 +123,12 @@ from protocol._frames import (
     StatusCall,
     StatusReply,
     Welcome,
+    batch_message,
     decode_client_frame,
-    encode_frame,
     encoding_for,
+    frame_bytes,
     frame_failure,
+    message_of,
 )
 from protocol._messages import (
     ChatRequest,
@@ -245,6 +258,10 @@ _REFUSAL = (
 _LOG_MESSAGE_CHARS = 200
 """A failure's message is cut to this length in the log line."""
 
+_WRITE_BYTES = 8 * 1024
+"""Encoded frames a session queues before `_Session.send` waits (the backpressure bound),
+and the most frames one `Batch` message holds, in bytes (a larger frame is sent alone)."""
+
 
 class _Throttle:
     """Rate limit for a repeated log line: `due` says whether to log now and how many
@@ -282,16 +299,24 @@ class _Closed(Exception):
 class _Session:
     """One client socket.
 
-    Theory of operation (sending): `send` waits for ``send_lock`` (cancellable), then writes
-    the frame shielded from cancellation, with ``sending_since`` set for the duration of the
-    write. `watch_writes` (one task per session) sleeps until the current write would be
+    Theory of operation (sending): only `write_loop` (one task per session) writes to the
+    socket. `send` encodes a frame and queues it - at once, with no lock and no checkpoint,
+    while fewer than ``_WRITE_BYTES`` are queued; else it waits (cancellably: nothing is
+    written yet) for the writer to take the queue. The writer takes everything queued each
+    time it wakes up and writes it in order: as `Batch` messages of up to ``_WRITE_BYTES``
+    when the client offered the ``batch`` feature (``batching``), else one message per frame.
+    Each message is written shielded from cancellation, with ``sending_since`` set for the
+    duration of the write.
+
+    `watch_writes` (one task per session) sleeps until the current write would be
     ``slow_client_timeout_s`` old; if that write is still the one blocked, it closes the
     session with 4429. Closing marks the session closed at once (every later `send` raises
-    `_Closed`) and then runs the WebSocket close handshake, bounded by ``_CLOSE_GRACE``, after
-    which the TCP stream is closed, which also ends a write that is still blocked. When the
-    session is cancelled (the client left, the server stops) the watchdog's ``finally``
-    closes the socket if a write is blocked, since that write itself cannot be cancelled;
-    so no write outlives its session by more than the grace.
+    `_Closed`); a close for a slow consumer drops what is queued, any other close lets the
+    writer write it first. Then the WebSocket close handshake runs; both are bounded by
+    ``_CLOSE_GRACE``, after which the TCP stream is closed, which also ends a write that is
+    still blocked. When the session is cancelled (the client left, the server stops) the
+    watchdog's ``finally`` closes the socket if a write is blocked, since that write itself
+    cannot be cancelled; so no write outlives its session by more than the grace.
     """
 
     def __init__(self, gateway: Gateway, ws: tw.WebSocketConnection, encoding: Encoding) -> None:
@@ -299,35 +324,119 @@ class _Session:
         self.ws = ws
         self.encoding = encoding
         self.scopes: dict[str, trio.CancelScope] = {}
-        self.send_lock = trio.Lock()
         self.sending_since: float | None = None
         self.welcomed = False
+        self.batching = False
+        """The client offered `FEATURE_BATCH` in its hello."""
         self.client: ClientKey | None = None
         """Who authenticated on this socket (set before the welcome)."""
         self.closed = False
+        self._queue: list[bytes] = []
+        self._queued = 0  # bytes in `_queue`
+        self._writer_running = False
+        self._writer_parked = False
+        self._writing = False  # the writer holds frames taken from the queue
+        self._drop = False  # closing for a slow consumer: write nothing more
+        self._wake = trio.lowlevel.ParkingLot()  # the writer waits here for frames
+        self._room = trio.lowlevel.ParkingLot()  # senders wait here for room in the queue
+        self._idle = trio.lowlevel.ParkingLot()  # a flushing `close` waits for the writer
         self._close_started = False
         self._close_done = trio.Event()
         self.name = _address(ws.remote)
 
+    def greet(self, hello: Hello) -> None:
+        """Take the features the client offered in *hello*."""
+        self.batching = FEATURE_BATCH in hello.features
+
     async def send(self, frame: ServerFrame) -> None:
-        """Send one whole frame. Raises `_Closed` when the session is (or gets) closed."""
+        """Queue one frame for the writer (see the class docstring); waits while the queue
+        is full. Raises `_Closed` when the session is (or gets) closed."""
         if self.closed:
             raise _Closed
-        message = encode_frame(frame, self.encoding)
-        async with self.send_lock:
+        data = frame_bytes(frame, self.encoding)
+        while self._queued >= _WRITE_BYTES:
+            await self._room.park()
             if self.closed:
                 raise _Closed
-            self.sending_since = trio.current_time()
-            try:
-                # No deadline here (a per-frame timer costs on the hot path): a blocked write
-                # is ended by `watch_writes`, which outlives every write of the session.
-                with trio.CancelScope(shield=True):
-                    await self.ws.send_message(message)
-            except tw.ConnectionClosed:
-                self.closed = True
-                raise _Closed from None
-            finally:
-                self.sending_since = None
+        self._queue.append(data)
+        self._queued += len(data)
+        if self._writer_parked:
+            self._writer_parked = False
+            self._wake.unpark()
+
+    async def write_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Write what `send` queued, in order, until the session is closed and its queue
+        written (or dropped); ends at once when the socket is gone. Start it with
+        ``nursery.start``: from then on a flushing `close` waits for it."""
+        self._writer_running = True
+        task_status.started()
+        try:
+            while True:
+                if not self._queue:
+                    self._idle.unpark_all()
+                    if self.closed:
+                        return
+                    self._writer_parked = True
+                    try:
+                        await self._wake.park()
+                    finally:
+                        self._writer_parked = False
+                    continue
+                frames, self._queue, self._queued = self._queue, [], 0
+                self._room.unpark_all()
+                self._writing = True
+                try:
+                    for message in self._messages(frames):
+                        if self._drop:
+                            return
+                        self.sending_since = trio.current_time()
+                        try:
+                            # No deadline here (a timer per write costs on the hot path): a
+                            # blocked write is ended by `watch_writes`, which outlives it.
+                            with trio.CancelScope(shield=True):
+                                await self.ws.send_message(message)
+                        finally:
+                            self.sending_since = None
+                finally:
+                    self._writing = False
+        except tw.ConnectionClosed:
+            self._mark_closed()
+        finally:
+            self._writer_running = False
+            self._idle.unpark_all()
+
+    def _messages(self, frames: list[bytes]) -> Iterator[str | bytes]:
+        """The WebSocket messages that carry *frames*, made as they are written: one per
+        frame, or `Batch` messages of up to ``_WRITE_BYTES`` (a lone frame is sent as
+        itself)."""
+        encoding = self.encoding
+        if not self.batching or len(frames) == 1:
+            for frame in frames:
+                yield message_of(frame, encoding)
+            return
+        batch: list[bytes] = []
+        size = 0
+        for frame in frames:
+            if batch and size + len(frame) > _WRITE_BYTES:
+                yield self._batch(batch)
+                batch, size = [], 0
+            batch.append(frame)
+            size += len(frame)
+        yield self._batch(batch)
+
+    def _batch(self, frames: list[bytes]) -> str | bytes:
+        if len(frames) == 1:
+            return message_of(frames[0], self.encoding)
+        return batch_message(frames, self.encoding)
+
+    def _mark_closed(self) -> None:
+        """No more frames: later `send` calls raise `_Closed`; waiting ones wake to raise it
+        and the writer wakes to write what is queued and end."""
+        self.closed = True
+        self._room.unpark_all()
+        self._wake.unpark_all()
 
     async def watch_writes(self) -> None:
         """Close the session with 4429 when one write stays blocked for the slow-client
@@ -344,38 +453,47 @@ class _Session:
                 else:
                     self.gateway._slow_closed += 1
                     log.warning("closing %s: it did not read for %.1fs", self.name, timeout)
-                    await self.close(CLOSE_SLOW_CONSUMER, f"client did not read for {timeout:g}s")
+                    why = f"client did not read for {timeout:g}s"
+                    await self.close(CLOSE_SLOW_CONSUMER, why, flush=False)
                     return
         finally:
             if self.sending_since is not None:
                 # Cancelled (the session or the server is stopping) while a write is blocked:
                 # the task doing it cannot be cancelled mid-frame, so close the socket, which
                 # ends the write within the close grace and lets the session end.
-                await self.close(CLOSE_GOING_AWAY, "server stopping")
+                await self.close(CLOSE_GOING_AWAY, "server stopping", flush=False)
 
     @property
     def timeout(self) -> float:
         return self.gateway.config.slow_client_timeout_s
 
-    async def close(self, code: int, reason: str, *, grace: float = _CLOSE_GRACE) -> None:
-        """Close the socket with *code*. Bounded by *grace* seconds even for a peer that does
-        not read, and shielded. Only the first call closes; later ones wait for it to end
-        (the caller may otherwise stop the WebSocket's reader task while the first still
-        waits for the peer's close reply, which then could never arrive)."""
+    async def close(
+        self, code: int, reason: str, *, grace: float = _CLOSE_GRACE, flush: bool = True
+    ) -> None:
+        """Close the socket with *code*, after the frames queued so far are written (unless
+        not *flush*: a slow consumer's are dropped). Bounded by *grace* seconds even for a
+        peer that does not read, and shielded. Only the first call closes; later ones wait
+        for it to end (the caller may otherwise stop the WebSocket's reader task while the
+        first still waits for the peer's close reply, which then could never arrive)."""
         if self._close_started:
             await self._close_done.wait()
             return
         self._close_started = True
-        self.closed = True
+        if not flush:
+            self._drop = True
+            self._queue, self._queued = [], 0
+        self._mark_closed()
         try:
-            await self._close(code, reason, grace)
+            await self._close(code, reason, grace, flush)
         finally:
             self._close_done.set()
 
-    async def _close(self, code: int, reason: str, grace: float) -> None:
+    async def _close(self, code: int, reason: str, grace: float, flush: bool) -> None:
         # When the handshake does not finish in time (a peer that does not read), cancelling
         # `aclose` closes the TCP stream, which also ends a write still blocked on it.
         with trio.CancelScope(shield=True), trio.move_on_after(grace):
+            while flush and self._writer_running and (self._queue or self._writing):
+                await self._idle.park()  # the writer writes what is queued, then ends
             try:
                 await self.ws.aclose(code, reason)
             except Exception:  # the socket may already be broken
@@ -662,13 +780,17 @@ class Gateway:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._pinger, session, nursery)
             nursery.start_soon(session.watch_writes)
+            await nursery.start(session.write_loop)  # writes the welcome first
             try:
                 await self._read_loop(session, nursery)
             finally:
                 nursery.cancel_scope.cancel()
 
     async def _version_ok(self, session: _Session, hello: Hello) -> bool:
+        """Whether *hello* speaks our version (its features are then the session's); if not,
+        the session is closed with 4426."""
         if hello.version == PROTOCOL_VERSION:
+            session.greet(hello)
             return True
         reason = f"unsupported protocol version {hello.version}; this server speaks 1"
         await session.close(CLOSE_UNSUPPORTED_VERSION, reason)

@@ -11,9 +11,15 @@ the ``switchboard.v1.msgpack`` WebSocket subprotocol (``switchboard.v1.json`` or
 JSON). The version is in the subprotocol and again in `Hello`/`Welcome`. Schema evolution:
 new fields always get defaults, and unknown fields are ignored, so old and new peers can talk.
 
+Optional features are offered by the client in `Hello.features`; the server uses a feature
+only with a client that offered it, so an old client (which offers none) sees only the frames
+it knows. The one feature so far, ``batch``, lets the server send several frames in one
+message (`Batch`): a stream of small events then costs one WebSocket message, one socket
+write and one decode per batch instead of per event, on both sides.
+
     client → server: hello, chat, embed, cancel, ping, status
     server → client: welcome, accepted, event, done, embeddings, failure, pong, status_reply,
-                     goodbye
+                     goodbye; batch (several of these, to clients that offer ``batch``)
 
 See ``docs/protocol.md`` for the complete protocol.
 """
@@ -51,6 +57,9 @@ CLOSE_HANDSHAKE_TIMEOUT = 4408
 CLOSE_SLOW_CONSUMER = 4429
 CLOSE_UNSUPPORTED_VERSION = 4426
 
+FEATURE_BATCH = "batch"
+"""`Hello.features`: the client accepts `Batch` messages."""
+
 
 class _Frame(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
     """Base of all frames."""
@@ -66,6 +75,9 @@ class Hello(_Frame, frozen=True, kw_only=True, tag="hello"):
     version: int = PROTOCOL_VERSION
     token: str | None = None
     client: str = ""
+    features: list[str] = []
+    """Optional protocol features the client understands (`FEATURE_BATCH`); unknown ones
+    are ignored by the server."""
 
 
 class ChatCall(_Frame, frozen=True, kw_only=True, tag="chat"):
@@ -190,9 +202,26 @@ class Goodbye(_Frame, frozen=True, kw_only=True, tag="goodbye"):
     drain_s: float = 0.0
 
 
-ServerFrame = (
+BatchItem = (
     Welcome | Accepted | EventFrame | Done | EmbedDone | FailureFrame | Pong | StatusReply | Goodbye
 )
+"""Every server frame but `Batch` (batches do not nest)."""
+
+
+class Batch(_Frame, frozen=True, kw_only=True, tag="batch"):
+    """Several server frames in one message, in the order they would have been sent one by
+    one. Sent only to a client whose hello offered `FEATURE_BATCH`."""
+
+    frames: list[BatchItem]
+
+
+ServerFrame = BatchItem | Batch
+
+
+class _RawBatch(_Frame, frozen=True, kw_only=True, tag="batch"):
+    """`Batch` built from frames encoded already (`frame_bytes`), for `batch_message`."""
+
+    frames: list[msgspec.Raw]
 
 
 # --------------------------------------------------------------------------- codecs
@@ -220,11 +249,31 @@ def encoding_for(subprotocol: str | None) -> Encoding:
     return "msgpack" if subprotocol == SUBPROTOCOL_MSGPACK else "json"
 
 
-def encode_frame(frame: ClientFrame | ServerFrame, encoding: Encoding = "json") -> str | bytes:
+def encode_frame(
+    frame: ClientFrame | ServerFrame | _RawBatch, encoding: Encoding = "json"
+) -> str | bytes:
     """A frame as a WebSocket message: text for JSON, binary for MessagePack."""
     if encoding == "msgpack":
         return _msgpack_encoder.encode(frame)
     return _json_encoder.encode(frame).decode()
+
+
+def frame_bytes(frame: ServerFrame, encoding: Encoding = "json") -> bytes:
+    """A frame encoded as bytes (UTF-8 JSON or MessagePack), for `message_of` or
+    `batch_message`."""
+    if encoding == "msgpack":
+        return _msgpack_encoder.encode(frame)
+    return _json_encoder.encode(frame)
+
+
+def message_of(encoded: bytes, encoding: Encoding = "json") -> str | bytes:
+    """The WebSocket message of one frame from `frame_bytes` (text for JSON)."""
+    return encoded.decode() if encoding == "json" else encoded
+
+
+def batch_message(encoded: list[bytes], encoding: Encoding = "json") -> str | bytes:
+    """One `Batch` message holding the frames of *encoded* (from `frame_bytes`), in order."""
+    return encode_frame(_RawBatch(frames=[msgspec.Raw(e) for e in encoded]), encoding)
 
 
 def _recover_id(message: str | bytes) -> str:

@@ -17,6 +17,8 @@ from protocol._frames import (
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
     Accepted,
+    Batch,
+    BatchItem,
     Cancel,
     ChatCall,
     ClientFrame,
@@ -35,11 +37,14 @@ from protocol._frames import (
     StatusCall,
     StatusReply,
     Welcome,
+    batch_message,
     decode_client_frame,
     decode_server_frame,
     encode_frame,
     encoding_for,
+    frame_bytes,
     frame_failure,
+    message_of,
 )
 from protocol._messages import ChatRequest, Completion, Message, TextDelta
 from tests.protocol.test_messages import (
@@ -56,7 +61,9 @@ ids = st.text(max_size=12)
 small = st.integers(min_value=0, max_value=2**31)
 
 client_frames: st.SearchStrategy[ClientFrame] = st.one_of(
-    st.builds(Hello, version=small, token=st.none() | ids, client=ids),
+    st.builds(
+        Hello, version=small, token=st.none() | ids, client=ids, features=st.lists(ids, max_size=2)
+    ),
     st.builds(ChatCall, id=ids, request=chat_requests, stream=st.booleans()),
     st.builds(EmbedCall, id=ids, request=embed_requests),
     st.builds(Cancel, id=ids),
@@ -81,7 +88,7 @@ connection_statuses = st.builds(
     incarnation=small,
 )
 
-server_frames: st.SearchStrategy[ServerFrame] = st.one_of(
+batch_items: st.SearchStrategy[BatchItem] = st.one_of(
     st.builds(Welcome, version=small, server=ids, max_frame_bytes=small, max_concurrent=small),
     st.builds(Accepted, id=ids),
     st.builds(EventFrame, id=ids, event=stream_events),
@@ -93,6 +100,9 @@ server_frames: st.SearchStrategy[ServerFrame] = st.one_of(
         StatusReply, id=ids, status=ids, connections=st.lists(connection_statuses, max_size=2)
     ),
     st.builds(Goodbye, reason=ids, drain_s=floats),
+)
+server_frames: st.SearchStrategy[ServerFrame] = batch_items | st.builds(
+    Batch, frames=st.lists(batch_items, max_size=4)
 )
 
 
@@ -120,6 +130,7 @@ def test_every_frame_type_is_covered_by_the_strategies() -> None:
     must get a round-trip strategy)."""
     assert set(ClientFrame.__args__) == {Hello, ChatCall, EmbedCall, Cancel, Ping, StatusCall}
     assert set(ServerFrame.__args__) == {
+        Batch,
         Welcome,
         Accepted,
         EventFrame,
@@ -130,6 +141,22 @@ def test_every_frame_type_is_covered_by_the_strategies() -> None:
         StatusReply,
         Goodbye,
     }
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(batch_items, min_size=1, max_size=5), st.sampled_from(["json", "msgpack"]))
+def test_frames_encoded_apart_make_one_batch_or_one_message_each(
+    frames: list[BatchItem], encoding: Any
+) -> None:
+    """The gateway encodes each frame once (`frame_bytes`) and sends it alone
+    (`message_of`, what `encode_frame` gives) or with others in one `Batch`
+    (`batch_message`), which decodes to the same frames in the same order."""
+    encoded = [frame_bytes(frame, encoding) for frame in frames]
+    for frame, data in zip(frames, encoded, strict=True):
+        assert message_of(data, encoding) == encode_frame(frame, encoding)
+    message = batch_message(encoded, encoding)
+    assert isinstance(message, str if encoding == "json" else bytes)
+    assert decode_server_frame(message) == Batch(frames=frames)
 
 
 def test_json_shape_is_the_documented_one() -> None:
@@ -149,6 +176,13 @@ def test_json_shape_is_the_documented_one() -> None:
     assert failure["failure"]["kind"] == "queue_full"
     assert failure["failure"]["request_id"] == "a"
     assert msgspec.json.decode(encode_frame(Hello()))["version"] == PROTOCOL_VERSION == 1
+    batch = msgspec.json.decode(
+        batch_message([frame_bytes(Accepted(id="r1")), frame_bytes(Pong(nonce="7"))])
+    )
+    assert batch == {
+        "type": "batch",
+        "frames": [{"type": "accepted", "id": "r1"}, {"type": "pong", "nonce": "7"}],
+    }
 
 
 def test_text_is_json_and_binary_is_msgpack_whatever_was_negotiated() -> None:
@@ -253,6 +287,7 @@ def test_an_older_peer_s_missing_defaulted_fields_are_filled_in() -> None:
     assert frame.stream is True  # the default
     assert frame.request.max_tokens is None
     assert decode_client_frame('{"type": "hello"}') == Hello()
+    assert Hello().features == []  # an old client offers no features: no batches
     assert decode_client_frame('{"type": "ping"}') == Ping()
     assert decode_server_frame('{"type": "goodbye"}') == Goodbye()
     assert decode_server_frame('{"type": "status_reply", "id": "s"}') == StatusReply(id="s")
