@@ -10,6 +10,9 @@ One socket carries many requests: a reader task routes frames by request id to p
 bounded channels (a slow consumer of one stream slows the socket, as it should: that is the
 backpressure the gateway relies on). Leaving a stream's block early sends a ``cancel`` frame.
 
+The client offers the ``batch`` feature, so the gateway sends the frames it has ready as one
+message: one WebSocket message and one decode for many events.
+
 Errors say what happened and what to do: a refused handshake or a 4401 close becomes
 `GatewayError` naming the token problem; a socket that drops ends every pending request with a
 ``connection`` `Failure` (so each request still ends exactly once) and later calls raise
@@ -37,9 +40,12 @@ import trio_websocket as tw
 from protocol._errors import ErrorKind, RequestFailed, SwitchboardError
 from protocol._frames import (
     CLOSE_UNAUTHORIZED,
+    FEATURE_BATCH,
     SUBPROTOCOL_JSON,
     SUBPROTOCOL_MSGPACK,
     Accepted,
+    Batch,
+    BatchItem,
     Cancel,
     ChatCall,
     Done,
@@ -53,7 +59,6 @@ from protocol._frames import (
     Hello,
     Ping,
     Pong,
-    ServerFrame,
     StatusCall,
     StatusReply,
     Welcome,
@@ -270,9 +275,8 @@ class Client:
                         extra_headers=headers,
                         max_message_size=max_frame_bytes,
                     )
-                    await ws.send_message(
-                        encode_frame(Hello(token=token, client="python"), encoding)
-                    )
+                    hello = Hello(token=token, client="python", features=[FEATURE_BATCH])
+                    await ws.send_message(encode_frame(hello, encoding))
                     first = decode_server_frame(await ws.get_message())
                 if not isinstance(first, Welcome):
                     raise GatewayError(f"expected a welcome frame, got {type(first).__name__}")
@@ -338,11 +342,15 @@ class Client:
                     frame = decode_server_frame(message)
                 except FrameError:
                     continue
-                await self._dispatch(frame)
+                if isinstance(frame, Batch):
+                    for one in frame.frames:
+                        await self._dispatch(one)
+                else:
+                    await self._dispatch(frame)
         except tw.ConnectionClosed as exc:
             self._fail_all(*_code_reason(exc))
 
-    async def _dispatch(self, frame: ServerFrame) -> None:
+    async def _dispatch(self, frame: BatchItem) -> None:
         item: _Item
         if isinstance(frame, EventFrame):
             rid, item, terminal = frame.id, frame.event, False
