@@ -11,7 +11,10 @@ bounded channels (a slow consumer of one stream slows the socket, as it should: 
 backpressure the gateway relies on). Leaving a stream's block early sends a ``cancel`` frame.
 
 The client offers the ``batch`` feature, so the gateway sends the frames it has ready as one
-message: one WebSocket message and one decode for many events.
+message: one WebSocket message and one decode for many events. The reader hands each item to
+its request without a scheduling round trip when the request's channel has room, and a
+stream's consumer takes what is buffered the same way; either waits only when it must (a
+full channel, an empty one), which keeps the backpressure.
 
 Errors say what happened and what to do: a refused handshake or a 4401 close becomes
 `GatewayError` naming the token problem; a socket that drops ends every pending request with a
@@ -191,9 +194,13 @@ class ClientStream:
     async def __anext__(self) -> StreamEvent:
         # A plain iterator, not an async generator: breaking out of ``async for`` leaves
         # nothing to finalize.
+        receive = self._receive
         while self._result is None:
             try:
-                item = await self._receive.receive()
+                try:
+                    item = receive.receive_nowait()  # buffered: no scheduling round trip
+                except trio.WouldBlock:
+                    item = await receive.receive()
             except (trio.EndOfChannel, trio.ClosedResourceError):
                 # The channel ended without a terminal item: the connection was lost.
                 self._result = self._lost()
@@ -375,7 +382,10 @@ class Client:
         if channel is None:
             return
         try:
-            await channel.send(item)
+            try:
+                channel.send_nowait(item)  # room: no scheduling round trip
+            except trio.WouldBlock:
+                await channel.send(item)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._pending.pop(rid, None)
             return
