@@ -93,7 +93,7 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import httpx
 import msgspec
@@ -133,6 +133,9 @@ from ._mailbox import (
 )
 from ._metrics import ConnectionMetrics, ConnectionMetricsSnapshot, cost_of, price_for
 from ._retry import RetryBudget, RetryPolicy
+
+if TYPE_CHECKING:
+    from ._shared_state import ConnectionLink
 
 log = logging.getLogger("switchboard.provider")
 
@@ -214,6 +217,8 @@ class Connection:
     ``wall_clock`` (default `time.time`) is the epoch clock used to read absolute times in
     provider headers (an HTTP-date ``retry-after``, RFC 3339 resets) - tests under a virtual
     trio clock pass one that moves with it, e.g. ``lambda: EPOCH + trio.current_time()``.
+    ``shared`` links it to state shared with other processes (``[runtime] state``): its
+    requests are then admitted through the link too (`actors._shared_state`).
     """
 
     def __init__(
@@ -224,13 +229,17 @@ class Connection:
         rng: random.Random | None = None,
         max_in_flight: int | None = None,
         wall_clock: Callable[[], float] | None = None,
+        shared: ConnectionLink | None = None,
     ) -> None:
         self.name = config.name
+        self.shared = shared
         self.wall_clock: Callable[[], float] = wall_clock or time.time
         self._generation = _Generation(config)
         self.breaker = Breaker(config.breaker)
         self.limiter = Limiter(config.rate_limit)
-        self.admission = Admission(self.limiter)
+        self.admission = (
+            Admission(self.limiter) if shared is None else shared.admission(self.limiter)
+        )
         self.budget = RetryBudget(config.retry)
         self.metrics = ConnectionMetrics()
         self.mailbox: Mailbox[Call, Reply, StreamEvent] = Mailbox(
@@ -269,7 +278,8 @@ class Connection:
         breaker = Breaker(config.breaker) if config.breaker != old.breaker else self.breaker
         if config.rate_limit != old.rate_limit:
             limiter = Limiter(config.rate_limit)
-            admission = Admission(limiter)
+            shared = self.shared
+            admission = Admission(limiter) if shared is None else shared.admission(limiter)
         else:
             limiter, admission = self.limiter, self.admission
         budget = RetryBudget(config.retry) if config.retry != old.retry else self.budget

@@ -54,9 +54,10 @@ from actors._cache import CacheStatistics, MemoryCacheStore, ResponseCache, Shar
 from actors._client_keys import ClientStatistics
 from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
-from actors._metrics import ConnectionMetricsSnapshot, prometheus_text
+from actors._metrics import ConnectionMetricsSnapshot, ModelUsage, prometheus_text
 from actors._provider import Connection, ConnectionStatistics, ProviderActor
 from actors._router import Router, RouterStream
+from actors._shared_state import SharedState, shared_state_for
 from protocol._config import ConnectionConfig, RuntimeConfig, Secret
 from protocol._config_load import load_config
 from protocol._errors import ConfigError, ErrorKind, RequestFailed
@@ -87,6 +88,9 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     gateway's per-client counters by client name (empty without a gateway; never a token).
     ``cache`` holds the response cache's hits, misses, stores, errors and coalesced requests
     (a hit or a coalesced request is one request and one completion, with no attempt).
+    ``state`` says where limits are enforced (``local``, ``redis``, or ``local (redis
+    unreachable since ...)``); ``shared_usage`` holds, with ``[runtime] state`` on Redis, the
+    usage and cost of every process that used it, by connection and model (it outlives them).
     """
 
     connections: dict[str, ConnectionMetricsSnapshot]
@@ -98,6 +102,8 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
     in_flight: dict[str, int] = {}
     clients: dict[str, ClientStatistics] = {}
     cache: CacheStatistics = CacheStatistics()
+    state: str = "local"
+    shared_usage: dict[str, dict[str, ModelUsage]] = {}
 
     def tokens_by_connection(self, name: str) -> tuple[int, int]:
         """``(input, output)`` tokens recorded by connection *name*."""
@@ -190,6 +196,8 @@ class RuntimeMetrics(msgspec.Struct, frozen=True, kw_only=True):
                [("", cache.flights)])  # fmt: skip
         if self.clients:
             lines.extend(_client_families(self.clients))
+        if self.state != "local":
+            lines.extend(_shared_families(self.state, self.shared_usage))
         return "\n".join(lines) + "\n"
 
 
@@ -208,10 +216,12 @@ class ConnectionHealth(msgspec.Struct, frozen=True, kw_only=True):
 
 class Health(msgspec.Struct, frozen=True, kw_only=True):
     """``status`` is ``ok`` (every connection can take work), ``degraded`` (some cannot) or
-    ``down`` (none can)."""
+    ``down`` (none can). ``state`` says where limits are enforced (see `RuntimeMetrics`): a
+    shared state that is unreachable does not change ``status``, the runtime keeps serving."""
 
     status: str
     connections: list[ConnectionHealth]
+    state: str = "local"
 
 
 class ProbeResult(msgspec.Struct, frozen=True, kw_only=True):
@@ -261,17 +271,24 @@ class Runtime:
             store=MemoryCacheStore(settings.cache_max_entries),
         )
         """The response cache and request coalescing in front of the router."""
+        self.shared: SharedState | None = shared_state_for(settings, wall_clock=wall_clock)
+        """State shared with other processes (``[runtime] state``), ``None`` when local."""
 
     # -- lifetime -----------------------------------------------------------------------
 
     def _make_connection(self, config: ConnectionConfig) -> Connection:
         transport = self._transports.get(config.name, self._default_transport)
-        return Connection(
+        link = None if self.shared is None else self.shared.link(config.name)
+        conn = Connection(
             config,
             transport=transport,
             rng=random.Random(self._rng.getrandbits(64)),
             wall_clock=self._wall_clock,
+            shared=link,
         )
+        if link is not None:
+            link.attach(conn)
+        return conn
 
     def _spec(self, conn: Connection) -> ChildSpec:
         async def start(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -309,6 +326,8 @@ class Runtime:
             await self.supervisor.stop()
         finally:
             self._fail_leftovers()
+        if self.shared is not None:
+            await self.shared.aclose()  # last usage, and this process's slots freed
 
     def _fail_leftovers(self) -> None:
         for conn in list(self.connections.values()):
@@ -473,6 +492,8 @@ class Runtime:
                 {} if self.gateway is None else self.gateway.clients.statistics(trio.current_time())
             ),
             cache=self.responses.statistics(),
+            state=self.state,
+            shared_usage={} if self.shared is None else self.shared.totals(),
         )
 
     def statistics(self) -> dict[str, ConnectionStatistics]:
@@ -506,7 +527,12 @@ class Runtime:
             status = "degraded"
         else:
             status = "down"
-        return Health(status=status, connections=rows)
+        return Health(status=status, connections=rows, state=self.state)
+
+    @property
+    def state(self) -> str:
+        """Where limits, breakers and usage totals live right now (see `RuntimeMetrics`)."""
+        return "local" if self.shared is None else self.shared.state
 
 
 # Breaker states that refuse every call whatever the time (`Connection.unavailable_for` only
@@ -546,6 +572,33 @@ def _client_families(clients: Mapping[str, ClientStatistics]) -> list[str]:
            [(who(n), s.cost) for n, s in rows])  # fmt: skip
     family("budget_remaining", "gauge", "What is left of a client's budget this period.",
            budgets)  # fmt: skip
+    return lines
+
+
+def _shared_families(state: str, usage: Mapping[str, Mapping[str, ModelUsage]]) -> list[str]:
+    """Prometheus families of the shared state: whether it answers, and the usage and cost
+    of every process that used it (the same in every process: do not sum across them)."""
+    lines = [
+        "# HELP switchboard_shared_state_up 1 while the shared state answers, 0 while limits "
+        "are enforced per process.",
+        "# TYPE switchboard_shared_state_up gauge",
+        f"switchboard_shared_state_up {0 if state.startswith('local') else 1}",
+        "# HELP switchboard_shared_tokens_total Tokens of every process sharing the state.",
+        "# TYPE switchboard_shared_tokens_total counter",
+    ]
+    rows = [(c, m, u) for c, models in sorted(usage.items()) for m, u in sorted(models.items())]
+    for conn, model, u in rows:
+        for direction, value in (("in", u.input_tokens), ("out", u.output_tokens)):
+            labels = f'connection="{_label(conn)}",model="{_label(model)}",direction="{direction}"'
+            lines.append(f"switchboard_shared_tokens_total{{{labels}}} {value:g}")
+    lines.append(
+        "# HELP switchboard_shared_cost_total Estimated cost of every process sharing the state."
+    )
+    lines.append("# TYPE switchboard_shared_cost_total counter")
+    for conn, model, u in rows:
+        if u.cost is not None:
+            labels = f'connection="{_label(conn)}",model="{_label(model)}"'
+            lines.append(f"switchboard_shared_cost_total{{{labels}}} {u.cost:g}")
     return lines
 
 
@@ -636,6 +689,8 @@ async def start_runtime(
         wall_clock=wall_clock,
     )
     await nursery.start(runtime.responses.run)
+    if runtime.shared is not None:
+        await nursery.start(runtime.shared.run)
     await nursery.start(runtime._run)
     gateway = runtime.config.gateway
     if gateway is not None and gateway.enabled:

@@ -20,6 +20,7 @@ PURE_MACHINES = (
     "actors/_retry.py",
     "actors/_limiter.py",
     "actors/_client_keys.py",
+    "actors/_shared_limits.py",
     "supervisors/_intensity.py",
 )
 IO_LIBRARIES = {"trio", "httpx", "trio_websocket", "httpcore", "anyio", "asyncio", "socket"}
