@@ -76,6 +76,7 @@ from protocol._messages import (
     ToolCallDelta,
     Usage,
 )
+from protocol._validate import refusal
 
 from ._coalesce import Flight, Flights, Outcome, Seat, shared_copy, wait_for
 from ._provider import deadline_after
@@ -368,8 +369,13 @@ class ResponseCache:
     def _plan(self, request: ChatRequest | EmbedRequest, kind: str) -> _Plan | None:
         if self._router.closed or not self.flights.running:
             return None
-        policy = self.policy(request)
-        if policy is None:
+        try:
+            policy = self.policy(request)
+        except (TypeError, ValueError):  # an unsound request: the router refuses it
+            return None
+        if policy is None or refusal(request) is not None:
+            # Unsound requests are never keyed, coalesced or planned: the router refuses
+            # them (checked here only on cached routes, where it is cheap next to a call).
             return None
         refresh = request.cache == "refresh"
         stores = policy.ttl_s > 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
+import pytest
 import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -190,15 +191,27 @@ async def one_call(rt: Runtime, how: str, model: Any, messages: Any, extra: dict
         assert result.message
 
 
+CACHED = CONFIG.replace(
+    "restart_period_s = 3600\n",
+    "restart_period_s = 3600\ncache = { ttl_s = 60, nondeterministic = true }\n",
+)
+assert CACHED != CONFIG
+
+
+@pytest.mark.parametrize("config_text", [CONFIG, CACHED], ids=["plain", "cached"])
 @settings(
     max_examples=60,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(CALLS)
-def test_no_request_crashes_an_actor(calls: list[tuple[str, Any, Any, dict[str, Any]]]) -> None:
+def test_no_request_crashes_an_actor(
+    config_text: str, calls: list[tuple[str, Any, Any, dict[str, Any]]]
+) -> None:
+    """Also through a runtime-wide response cache (every request keyed and coalesced)."""
+
     async def main() -> None:
-        config = loads_config(CONFIG)
+        config = loads_config(config_text)
         async with open_runtime(
             config, transport=FakeTransport(seed=1), rng=random.Random(0)
         ) as rt:
