@@ -391,6 +391,9 @@ class _Session:
                     for message in self._messages(frames):
                         if self._drop:
                             return
+                        # Cancelled (the session ends) between two messages: stop here. Not
+                        # later, in a shielded write the watchdog no longer watches.
+                        await trio.lowlevel.checkpoint_if_cancelled()
                         self.sending_since = trio.current_time()
                         try:
                             # No deadline here (a timer per write costs on the hot path): a

@@ -3,8 +3,9 @@ measures the cost), on an in-memory WebSocket: `send` queues without a lock or a
 while there is room and waits when the queue is full (backpressure); one writer writes
 everything queued per wake-up - one `Batch` message to a client that offered ``batch``, one
 message per frame to any other - in order; each message is written whole even when the
-writer is cancelled; a close writes what is queued first, except for a slow consumer, whose
-frames are dropped; a write blocked for the slow-client timeout closes the socket with 4429.
+writer is cancelled, and none is started after; a close writes what is queued first, except
+for a slow consumer, whose frames are dropped; a write blocked for the slow-client timeout
+closes the socket with 4429.
 """
 
 from __future__ import annotations
@@ -185,12 +186,13 @@ async def test_a_full_queue_makes_send_wait_until_the_writer_takes_it(
         assert flat(ws.frames()) == [big] * (1 + 4 + 1)
 
 
-async def test_a_write_is_whole_even_when_the_writer_is_cancelled(
+async def test_a_write_is_whole_even_when_the_writer_is_cancelled_and_the_last(
     autojump_clock: MockClock,
 ) -> None:
-    session, ws = new_session(batching=True)
+    session, ws = new_session(batching=False)
     ws.blocked = True
     await session.send(event("a", "whole"))
+    await session.send(event("a", "not written"))  # taken with the first, one message each
     async with trio.open_nursery() as outer:
         async with trio.open_nursery() as nursery:
             await nursery.start(session.write_loop)
@@ -199,7 +201,10 @@ async def test_a_write_is_whole_even_when_the_writer_is_cancelled(
             outer.start_soon(later, 5, ws.unblock)
             nursery.cancel_scope.cancel()  # the write is shielded: the nursery waits for it
         assert trio.current_time() >= 6
+    # The blocked message was finished; the next one was not started once cancelled (no
+    # watchdog would end it if it blocked).
     assert ws.frames() == [event("a", "whole")]
+    assert ws.writes_started == 1
 
 
 async def test_a_close_writes_what_is_queued_first(autojump_clock: MockClock) -> None:
