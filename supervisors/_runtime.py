@@ -50,7 +50,13 @@ import httpx
 import msgspec
 import trio
 
-from actors._cache import CacheStatistics, MemoryCacheStore, ResponseCache, SharedStream
+from actors._cache import (
+    CacheStatistics,
+    MemoryCacheStore,
+    ResponseCache,
+    SharedCacheStore,
+    SharedStream,
+)
 from actors._client_keys import ClientStatistics
 from actors._groups import unwrapping
 from actors._mailbox import MailboxClosed
@@ -273,6 +279,8 @@ class Runtime:
         """The response cache and request coalescing in front of the router."""
         self.shared: SharedState | None = shared_state_for(settings, wall_clock=wall_clock)
         """State shared with other processes (``[runtime] state``), ``None`` when local."""
+        if self.shared is not None:  # one response cache for every process using the store
+            self.responses.store = SharedCacheStore(self.shared)
 
     # -- lifetime -----------------------------------------------------------------------
 
