@@ -34,6 +34,7 @@ Choices:
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import secrets
@@ -47,6 +48,7 @@ import msgspec
 import trio
 
 from protocol._config import RateLimitConfig, RuntimeSettings
+from protocol._errors import ConfigError
 from protocol._ratelimit import RateLimitInfo
 from protocol._state_url import parse_state
 
@@ -725,11 +727,15 @@ def shared_state_for(
     settings: RuntimeSettings, *, wall_clock: Callable[[], float] | None = None
 ) -> SharedState | None:
     """The `SharedState` for ``[runtime] state`` (``None`` for ``local``). Raises
-    `ValueError` for a URL the config loader would have refused."""
+    `ValueError` for a URL the config loader would have refused, `ConfigError` when coredis
+    is not installed."""
     url = parse_state(settings.state)
     if url is None:
         return None
-    from ._redis_state import RedisStore  # coredis is imported when the store opens
+    if importlib.util.find_spec("coredis") is None:
+        needs = "a Redis state needs coredis: pip install 'trio-switchboard[redis]'"
+        raise ConfigError("[runtime]", [("runtime.state", needs)])
+    from ._redis_state import RedisStore  # coredis itself is imported when the store opens
 
     store = RedisStore(url, password=settings.state_password, timeout=settings.state_timeout_s)
     return SharedState(store, timeout=settings.state_timeout_s, wall_clock=wall_clock)

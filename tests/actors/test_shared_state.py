@@ -381,3 +381,22 @@ async def test_leaving_frees_the_slots_at_once(autojump_clock: Any) -> None:
 
 def _unused(x: Sequence[float]) -> float:
     return math.fsum(x)
+
+
+def test_a_redis_state_without_coredis_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from actors._shared_state import shared_state_for
+    from protocol._config import RuntimeSettings
+    from protocol._errors import ConfigError
+
+    assert shared_state_for(RuntimeSettings()) is None
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "coredis" else real(name, *a)
+    )
+    with pytest.raises(ConfigError) as info:
+        shared_state_for(RuntimeSettings(state="redis://127.0.0.1:1/0"))
+    [(key, what)] = info.value.problems
+    assert key == "runtime.state"
+    assert "trio-switchboard[redis]" in what
