@@ -118,6 +118,7 @@ from protocol._messages import (
     Failure,
     Finished,
     StreamEvent,
+    TextDelta,
     Usage,
     UsageUpdate,
 )
@@ -441,6 +442,8 @@ class Connection:
         has taken it (it is still queued, or no actor is running), shed it here: a caller
         never waits past its deadline for an actor that is busy or gone. An envelope an
         actor has taken is left to the actor, which enforces the same deadline itself."""
+        if envelope.resolved:
+            return await envelope.wait()
         with trio.move_on_at(envelope.deadline):
             return await envelope.wait()
         self._expire(envelope)
@@ -1542,13 +1545,21 @@ class ProviderActor:
                 if isinstance(item, Failure):
                     state.usage = item.usage if item.usage is not None else state.usage
                     return item
-                if isinstance(item, UsageUpdate):
+                kind = type(item)
+                if kind is TextDelta:  # the common case first
+                    if state.first_token_at is None:
+                        state.first_token_at = trio.current_time()
+                    state.emitted = True
+                    state.deltas += 1
+                elif kind is UsageUpdate:
+                    assert isinstance(item, UsageUpdate)
                     state.usage = item.usage
                     if not state.emitted:
                         continue
-                elif isinstance(item, Finished):
+                elif kind is Finished:
+                    assert isinstance(item, Finished)
                     state.usage = item.usage
-                else:
+                else:  # other content: reasoning, tool calls
                     if state.first_token_at is None:
                         state.first_token_at = trio.current_time()
                     state.emitted = True
@@ -1568,7 +1579,7 @@ class ProviderActor:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     envelope.abandon()
                     await trio.lowlevel.checkpoint()
-                if isinstance(item, Finished):
+                if kind is Finished:
                     return acc.completion()
             if chunk is None or decoder.done:
                 # A decoder that ended without a terminal item is a decoder bug.

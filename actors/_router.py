@@ -361,6 +361,15 @@ class RouterStream:
         return self._result
 
 
+async def _result_of(stream: ReplyStream) -> Completion | Failure:
+    """A try's result: read at once when its stream has ended (the common case, no schedule
+    point), else waited for."""
+    try:
+        return stream.result
+    except trio.WouldBlock:
+        return await stream.wait()
+
+
 class _Race:
     """A hedged try (see `Router._race`): two targets, the first to send an event wins."""
 
@@ -386,13 +395,13 @@ class _Race:
 
     async def ended(self, key: int) -> None:
         """*key*'s stream ended without an event: take its result."""
-        self.results[key] = await self.sources[key].stream.wait()
+        self.results[key] = await _result_of(self.sources[key].stream)
 
     async def outcome(self, request: ChatRequest) -> _Try:
         """How the race went, once the caller read the winner to its end."""
         winner = self.winner
         if winner is not None:
-            self.results[winner] = await self.sources[winner].stream.wait()
+            self.results[winner] = await _result_of(self.sources[winner].stream)
         # A cancelled loser made one attempt that has no result here.
         attempts = sum(r.attempts for r in self.results.values())
         attempts += sum(1 for key in self.sources if key not in self.results)
@@ -831,7 +840,7 @@ class Router:
                 ) as stream:
                     source = _Source(stream, _announcement(switch, target))
                     yield source
-                    one = await stream.wait()
+                    one = await _result_of(stream)
                 done = _Try(
                     one,
                     one.attempts,
