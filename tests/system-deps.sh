@@ -1,11 +1,12 @@
 #!/bin/sh
-# The Debian packages the tests need (redis-server: a real Redis for the shared-state tests),
+# The Debian packages the tests need (redis-server: a real Redis for the shared-state tests;
+# chromium: a real headless browser for the status page),
 # installed only when missing. To add one, add its package name to PACKAGES; a package whose
 # program has another name gets a "package:program" entry.
 # Uses sudo only when not root; runs apt-get update once, and only if something is missing.
 set -eu
 
-PACKAGES="redis-server"
+PACKAGES="redis-server chromium"
 
 missing=""
 for entry in $PACKAGES; do
