@@ -221,8 +221,14 @@ save_learned(K_STATE, 'lr', lr)
 save_learned(K_STATE, 'lt', lt)
 local slots = 0
 if conc > 0 then
-  redis.call('HSET', K_SLOTS, req.pid, held + need_s)
-  slots = need_s
+  local used = 0
+  for _, v in ipairs(redis.call('HVALS', K_SLOTS)) do used = used + tonumber(v) end
+  local spare = conc - used - need_s
+  local extra_s = req.extra_slots or 0
+  if spare < extra_s then extra_s = spare end
+  if extra_s < 0 then extra_s = 0 end
+  slots = need_s + extra_s
+  redis.call('HSET', K_SLOTS, req.pid, held + slots)
 end
 return cjson.encode({ok = true, requests = need_r + er, tokens = need_t + et, slots = slots})
 """

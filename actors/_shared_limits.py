@@ -49,7 +49,9 @@ reports that number, absolute, with every call (so a lost release can never leak
 each process is registered with an expiry refreshed by every call: the slots of a process
 that died are freed when its registration expires (`PROCESS_TTL_S`). A finished request's slot
 stays with the process until the next sync, so back-to-back requests reuse it without a round
-trip; every sync gives idle slots back.
+trip; a sync gives back the idle slots beyond the most the process had in use since the
+previous sync (all of them once it has been idle for `LEASE_S`), and a process whose callers
+queue asks for their slots too (as far as free: an extra, like a lease's).
 
 **Idempotent syncs.** What a sync carries that adds up (returned capacity, debts, usage) travels
 in `Delta` batches numbered per process and connection; the store applies a batch only if its
@@ -121,6 +123,7 @@ class TakeRequest(_Msg, frozen=True, kw_only=True):
     need_slots: int = 0
     extra_requests: int = 0
     extra_tokens: int = 0
+    extra_slots: int = 0
     held: int = 0
     ttl: float = PROCESS_TTL_S
     now: float | None = None
@@ -362,14 +365,12 @@ class StoreConnection:
         ):
             if bucket is not None and amount > 0:
                 bucket.add(-bucket.cost(amount))
+        slots = 0
         if req.concurrency > 0:
-            self.slots[req.pid] = req.held + req.need_slots
-        return TakeReply(
-            ok=True,
-            requests=need_r + extra_r,
-            tokens=need_t + extra_t,
-            slots=req.need_slots if req.concurrency > 0 else 0,
-        )
+            spare = req.concurrency - sum(self.slots.values()) - req.need_slots
+            slots = req.need_slots + max(0, min(req.extra_slots, spare))
+            self.slots[req.pid] = req.held + slots
+        return TakeReply(ok=True, requests=need_r + extra_r, tokens=need_t + extra_t, slots=slots)
 
     # -- sync
 
@@ -509,6 +510,7 @@ class Allowance:
         self._gap: float | None = None  # moving average of the time between requests
         self._mean_tokens = 0.0
         self._last: float | None = None
+        self._peak = 0  # the most slots in use since the last sync
         self._give_back_all = False
 
     @property
@@ -541,6 +543,8 @@ class Allowance:
         self.tokens -= need.tokens
         self.idle_slots -= need.slots
         self.in_use += need.slots
+        if self.in_use > self._peak:
+            self._peak = self.in_use
         last, self._last = self._last, now
         if last is not None:
             gap = now - last
@@ -598,18 +602,21 @@ class Allowance:
 
     def surplus(self, now: float, rpm: int, tpm: int) -> tuple[int, int, int]:
         """Take out what to give back at a sync: ``(requests, tokens, slots)``, tokens net of
-        the debt (negative: a debt to flush). Keeps the next `LEASE_S` of demand unless the
-        process has been idle that long; idle slots always go back."""
-        keep_r = keep_t = 0
+        the debt (negative: a debt to flush). Keeps the next `LEASE_S` of demand, and idle
+        slots up to the most in use since the last sync, unless the process has been idle
+        that long."""
+        keep_r = keep_t = keep_s = 0
         if not self._give_back_all and self._last is not None and now - self._last < LEASE_S:
             keep_r, keep_t = self.lease(rpm, tpm)
+            keep_s = max(0, self._peak - self.in_use)
         self._give_back_all = False
+        self._peak = self.in_use
         requests = max(0, self.requests - keep_r)
         tokens = max(0, self.tokens - keep_t)
-        slots = self.idle_slots
+        slots = max(0, self.idle_slots - keep_s)
         self.requests -= requests
         self.tokens -= tokens
-        self.idle_slots = 0
+        self.idle_slots -= slots
         tokens -= self.debt
         self.debt = 0
         return requests, tokens, slots

@@ -28,6 +28,12 @@ Choices:
   parks, usage and the breaker's decisions reach the store in one call per connection,
   `SYNC_S` after traffic (at once after a 429), or every `IDLE_SYNC_S` as a heartbeat that
   also reads the shared breaker and the usage totals back.
+- **Waiting in order, served in batches.** A caller the lease does not cover joins the
+  link's queue; the waiter at the head asks the store for its shortfall, plus what the others
+  queued need and the next lease as far as available, and sleeps out the store's answer (or
+  until a local request gives capacity back); `ConnectionLink._pump` then serves every
+  waiter the lease covers at once, in order. A queue does not outlive the shortage that
+  formed it, so under load most requests still take the lease's fast path.
 - **One store call at a time per connection** (a lock), so the store always learns the slot
   count a process holds in the order the process changed it.
 """
@@ -39,12 +45,12 @@ import logging
 import math
 import secrets
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Protocol
 
-import msgspec
 import trio
 
 from protocol._config import RateLimitConfig, RuntimeSettings
@@ -226,8 +232,12 @@ class SharedState:
     async def call(self, fn: Callable[..., Awaitable[object]], *args: object) -> object:
         """``await fn(*args)`` bounded by the timeout; raises `StoreUnavailable` when the
         store is marked unreachable, fails or is too slow (and marks it unreachable)."""
-        if not (self.up and self._open):
+        if not self.up:
             raise StoreUnavailable("marked unreachable")
+        if not self._open:
+            exc = StoreUnavailable("the store's client is not open")
+            self.failed(exc)
+            raise exc
         try:
             with trio.move_on_after(self.timeout):
                 return await fn(*args)
@@ -339,7 +349,8 @@ class ConnectionLink:
         self.dirty = False
         self.urgent = False
         self.last_sync = -math.inf
-        self._fifo = trio.Lock()  # callers waiting for shared capacity, in order
+        self._queue: deque[_Waiter] = deque()  # callers waiting for shared capacity
+        self._taking = False  # the head of the queue is asking the store
         self._io = trio.Lock()  # one store call at a time for this connection
         self._seq = 0
         self._doubt: list[Delta] = []
@@ -377,106 +388,166 @@ class ConnectionLink:
 
     # -- requests
 
-    def acquire_nowait(self, estimate: int, limits: RateLimitConfig) -> Need | None:
-        """`acquire` without waiting: what was drawn, or ``None`` when it would have to
-        wait (nobody waits before it and the lease covers it, or nothing is shared)."""
-        rpm, tpm, concurrency = _limits(limits)
-        need = Allowance.need(estimate, rpm, tpm, concurrency)
-        if need == NOTHING or not self.shared.up:
-            return NOTHING
-        allowance = self.allowance
-        if self._fifo.locked() or allowance.shortfall(need) != NOTHING:
-            return None
-        allowance.consume(need, trio.current_time())
+    def covers(self, need: Need) -> bool:
+        """Whether *need* can be drawn at once: nobody waits before it and the lease covers
+        it."""
+        a = self.allowance
+        return (
+            a.requests >= need.requests
+            and a.tokens >= need.tokens
+            and a.idle_slots >= need.slots
+            and not self._queue
+        )
+
+    def draw(self, need: Need) -> None:
+        """Draw *need* from the lease (the caller checked `covers`)."""
+        self.allowance.consume(need, trio.current_time())
         self._touch()
-        return need
 
-    def can_admit_nowait(self, estimate: int, limits: RateLimitConfig) -> bool:
-        """Whether `acquire_nowait` would draw without waiting (it changes nothing)."""
-        rpm, tpm, concurrency = _limits(limits)
-        need = Allowance.need(estimate, rpm, tpm, concurrency)
-        if need == NOTHING or not self.shared.up:
-            return True
-        return not self._fifo.locked() and self.allowance.shortfall(need) == NOTHING
-
-    async def acquire(self, estimate: int, limits: RateLimitConfig, deadline: float) -> Need:
-        """Draw a request's share of the shared budget, waiting (in order, up to *deadline*)
-        for it. Returns what was drawn (`NOTHING` when nothing is shared or the store is
-        unreachable). Raises `AdmissionTimeout` when the deadline passes first."""
-        need = self.acquire_nowait(estimate, limits)
-        if need is not None:
+    async def acquire(
+        self, need: Need, rpm: int, tpm: int, concurrency: int, deadline: float
+    ) -> Need:
+        """Draw *need* (a request's share under these limits) from the shared budget,
+        waiting (in order, up to *deadline*) for it. Returns what was drawn (`NOTHING` when
+        the store is unreachable: nothing is drawn, nothing waits). Raises
+        `AdmissionTimeout` when the deadline passes first."""
+        if not self.shared.up:
+            return NOTHING
+        if self.covers(need):
+            self.draw(need)
             return need
-        rpm, tpm, concurrency = _limits(limits)
-        need = Allowance.need(estimate, rpm, tpm, concurrency)
         return await self._wait(need, rpm, tpm, concurrency, deadline)
 
     async def _wait(
         self, need: Need, rpm: int, tpm: int, concurrency: int, deadline: float
     ) -> Need:
-        allowance = self.allowance
+        """Queue for *need*. Waiters are served strictly in order by `_pump` (all that the
+        lease covers at once, so a queue never outlives the shortage that formed it); the
+        waiter at the head asks the store for the shortfall and sleeps out the store's wait,
+        the others sleep until they are served or become the head."""
+        waiter = _Waiter(need)
+        self._queue.append(waiter)
         since = trio.current_time()
-        reason: WaitReason = "queue"
-        until: float | None = None
-        poll = POLL_S[0]
-        with trio.move_on_at(deadline):
-            async with self._fifo:
-                while True:
-                    if not self.shared.up:
-                        return NOTHING
-                    short = allowance.shortfall(need)
-                    if short == NOTHING:
-                        allowance.consume(need, trio.current_time())
-                        self._touch()
-                        return need
-                    extra_r, extra_t = allowance.lease(rpm, tpm)
-                    request = TakeRequest(
-                        pid=self.shared.pid,
-                        rpm=rpm,
-                        tpm=tpm,
-                        concurrency=concurrency,
-                        need_requests=short.requests,
-                        need_tokens=short.tokens,
-                        need_slots=short.slots,
-                        extra_requests=extra_r,
-                        extra_tokens=extra_t,
-                        held=allowance.held,
-                    )
-                    try:
-                        async with self._io:
-                            request = _with_held(request, allowance.held)
-                            reply = await self.shared.call(
-                                self.shared.store.take, self.name, request
-                            )
-                    except StoreUnavailable:
-                        return NOTHING
-                    assert isinstance(reply, TakeReply)
-                    if reply.ok:
-                        allowance.credit(reply)
-                        self._touch()
-                        continue
-                    wait = reply.wait
-                    if wait is None:
-                        wait, poll = poll, min(poll * 2, POLL_S[1])
-                        until = None
+        try:
+            with trio.move_on_at(deadline):
+                while waiter.drawn is None:
+                    if self._queue[0] is waiter and not self._taking:
+                        await self._ask(waiter, rpm, tpm, concurrency)
                     else:
-                        until = trio.current_time() + wait
-                    reason = reply.reason or "queue"
-                    await trio.sleep(max(wait, MIN_WAIT_S))
+                        waiter.nudge = trio.Event()
+                        await waiter.nudge.wait()
+        finally:
+            if waiter.drawn is None:
+                self._leave(waiter)
+        if waiter.drawn is not None:
+            return waiter.drawn
         now = trio.current_time()
+        until = waiter.until
         retry_after = None if until is None else max(0.0, until - now)
-        raise AdmissionTimeout(waited=now - since, retry_after=retry_after, reason=reason)
+        raise AdmissionTimeout(waited=now - since, retry_after=retry_after, reason=waiter.reason)
 
-    def finish(self, need: Need, actual_tokens: int | None) -> None:
-        """A request that drew *need* is over (see `Allowance.settle`). Any request ending
-        makes the link sync soon: its breaker may have changed, its usage has."""
-        if need != NOTHING:
+    async def _ask(self, head: _Waiter, rpm: int, tpm: int, concurrency: int) -> None:
+        """The head's turn: ask the store for what the lease lacks, then serve whoever it
+        covers; or sleep as long as the store says (polling when only a release helps)."""
+        allowance = self.allowance
+        short = allowance.shortfall(head.need)
+        # Beyond the head's need: the lease, or what the others queued need if more.
+        extra_r, extra_t = allowance.lease(rpm, tpm)
+        queued = Need(0, 0, 0)
+        for waiter in self._queue:
+            queued = Need(*(a + b for a, b in zip(queued, waiter.need, strict=True)))
+        extra_r = max(extra_r, queued.requests - allowance.requests - short.requests)
+        extra_t = max(extra_t, queued.tokens - allowance.tokens - short.tokens)
+        extra_s = max(0, queued.slots - allowance.idle_slots - short.slots)
+        self._taking = True
+        try:
+            async with self._io:
+                request = TakeRequest(
+                    pid=self.shared.pid,
+                    rpm=rpm,
+                    tpm=tpm,
+                    concurrency=concurrency,
+                    need_requests=short.requests,
+                    need_tokens=short.tokens,
+                    need_slots=short.slots,
+                    extra_requests=extra_r,
+                    extra_tokens=extra_t,
+                    extra_slots=extra_s,
+                    held=allowance.held,
+                )
+                reply = await self.shared.call(self.shared.store.take, self.name, request)
+        except StoreUnavailable:
+            reply = None
+        finally:
+            self._taking = False
+        if reply is None:
+            self._pump()  # the store is unreachable: everyone goes on local state
+            return
+        assert isinstance(reply, TakeReply)
+        if reply.ok:
+            allowance.credit(reply)
+            self._touch()
+            self._pump()
+            return
+        wait = reply.wait
+        if wait is None:
+            wait, head.poll = head.poll, min(head.poll * 2, POLL_S[1])
+            head.until = None
+        else:
+            head.until = trio.current_time() + wait
+        head.reason = reply.reason or "queue"
+        head.nudge = trio.Event()
+        with trio.move_on_after(max(wait, MIN_WAIT_S)):
+            await head.nudge.wait()  # or a local request gives capacity back
+
+    def _pump(self) -> None:
+        """Serve waiters from the head while the lease covers them (all of them, drawing
+        nothing, when the store is unreachable); nudge the new head so it asks next."""
+        queue = self._queue
+        allowance = self.allowance
+        up = self.shared.up
+        served = False
+        while queue:
+            waiter = queue[0]
+            if up:
+                if allowance.shortfall(waiter.need) != NOTHING:
+                    break
+                allowance.consume(waiter.need, trio.current_time())
+                waiter.drawn = waiter.need
+                served = True
+            else:
+                waiter.drawn = NOTHING
+            queue.popleft()
+            waiter.nudge.set()
+        if served:
+            self._touch()
+        if queue and not self._taking:
+            queue[0].nudge.set()
+
+    def _leave(self, waiter: _Waiter) -> None:
+        """A waiter gave up (deadline, cancelled): out of the queue; the rest may go."""
+        try:
+            self._queue.remove(waiter)
+        except ValueError:
+            return
+        self._pump()
+
+    def finish(self, need: Need | None, actual_tokens: int | None) -> None:
+        """A request that drew *need* (``None``: nothing) is over (see `Allowance.settle`).
+        Any request ending makes the link sync soon: its breaker may have changed, its usage
+        has."""
+        if need is not None:
             self.allowance.settle(need, actual_tokens if need.tokens else None)
+            if self._queue:
+                self._pump()  # a slot, maybe tokens, came back
         self._touch()
 
-    def cancel(self, need: Need) -> None:
-        """A request that drew *need* never left: give it back to the allowance."""
-        if need != NOTHING:
+    def cancel(self, need: Need | None) -> None:
+        """A request that drew *need* (``None``: nothing) never left: give it back."""
+        if need is not None:
             self.allowance.cancel(need)
+            if self._queue:
+                self._pump()
         self._touch()
 
     def observe(self, info: RateLimitInfo) -> None:
@@ -639,6 +710,21 @@ class ConnectionLink:
         return _view(breaker, now)
 
 
+class _Waiter:
+    """A caller queued for shared capacity: what it needs, what it drew once served
+    (``drawn``), and while it heads the queue what the store said (until when, why)."""
+
+    __slots__ = ("drawn", "need", "nudge", "poll", "reason", "until")
+
+    def __init__(self, need: Need) -> None:
+        self.need = need
+        self.drawn: Need | None = None
+        self.nudge = trio.Event()
+        self.poll = POLL_S[0]
+        self.until: float | None = None
+        self.reason: WaitReason = "queue"
+
+
 class SharedAdmission(Admission):
     """An `Admission` that, after the local grant, draws the request's share of the shared
     budget through *link* (see the module header). Settling, cancelling, observations and
@@ -647,41 +733,56 @@ class SharedAdmission(Admission):
     def __init__(self, limiter: Limiter, link: ConnectionLink) -> None:
         super().__init__(limiter)
         self.link = link
-        self._needs: dict[int, Need] = {}
+        self._needs: dict[int, Need] = {}  # grant id -> what it drew from the shared budget
+        self._limits = rpm, tpm, concurrency = _limits(limiter.config)
+        self._shares = bool(rpm or tpm or concurrency)
+
+    def _need(self, estimate: int) -> Need:
+        rpm, tpm, concurrency = self._limits
+        return Need(
+            1 if rpm else 0,
+            (estimate if estimate < tpm else tpm) if tpm else 0,
+            1 if concurrency else 0,
+        )
 
     def admit_nowait(self, tokens_estimate: int, *, deadline: float | None = None) -> Grant | None:
-        if not self.link.can_admit_nowait(tokens_estimate, self.limiter.config):
+        link = self.link
+        if not self._shares or not link.shared.up:
+            return super().admit_nowait(tokens_estimate, deadline=deadline)
+        need = self._need(tokens_estimate)
+        if not link.covers(need):
             return None
         grant = super().admit_nowait(tokens_estimate, deadline=deadline)
-        if grant is None:
-            return None
-        need = self.link.acquire_nowait(tokens_estimate, self.limiter.config)
-        assert need is not None  # nothing could change since can_admit_nowait
-        if need != NOTHING:
+        if grant is not None:
+            link.draw(need)
             self._needs[grant.id] = need
         return grant
 
     async def admit(self, tokens_estimate: int, *, deadline: float | None = None) -> Grant:
         grant = await super().admit(tokens_estimate, deadline=deadline)
+        if not self._shares:
+            return grant
         try:
             need = await self.link.acquire(
-                tokens_estimate, self.limiter.config, math.inf if deadline is None else deadline
+                self._need(tokens_estimate),
+                *self._limits,
+                math.inf if deadline is None else deadline,
             )
         except BaseException:
             super().cancel(grant)
             raise
-        if need != NOTHING:
+        if need is not NOTHING:
             self._needs[grant.id] = need
         return grant
 
     def finish(self, grant: Grant, actual_tokens: int | None) -> bool:
         done = super().finish(grant, actual_tokens)
-        self.link.finish(self._needs.pop(grant.id, NOTHING), actual_tokens)
+        self.link.finish(self._needs.pop(grant.id, None), actual_tokens)
         return done
 
     def cancel(self, grant: Grant) -> bool:
         done = super().cancel(grant)
-        self.link.cancel(self._needs.pop(grant.id, NOTHING))
+        self.link.cancel(self._needs.pop(grant.id, None))
         return done
 
     def observe(self, info: RateLimitInfo) -> None:
@@ -714,13 +815,6 @@ def _usage(row: list[float]) -> ModelUsage:
 def _view(breaker: Breaker, now: float) -> BreakerView:
     state = breaker.poll(now)
     return BreakerView(state, breaker.open_until if state is BreakerState.OPEN else None)
-
-
-def _with_held(request: TakeRequest, held: int) -> TakeRequest:
-    """*request* with the slot count as it is once the store lock is held."""
-    if request.held == held:
-        return request
-    return msgspec.structs.replace(request, held=held)
 
 
 def shared_state_for(

@@ -140,6 +140,15 @@ def test_concurrency_counts_every_process_and_resyncs_absolute_counts() -> None:
     assert store.connections["c"].slots == {"a": 0, "b": 3, "c": 1}
 
 
+def test_extra_slots_are_granted_as_far_as_free() -> None:
+    store = StoreModel()
+    assert take(store, 0.0, pid="a", concurrency=4, need_slots=1, extra_slots=2).slots == 3
+    got = take(store, 0.0, pid="b", concurrency=4, need_slots=1, extra_slots=5)
+    assert got.slots == 1
+    assert store.connections["c"].slots == {"a": 3, "b": 1}
+    assert take(store, 0.0, pid="b", concurrency=4, held=1, extra_slots=1).slots == 0
+
+
 def test_the_slots_of_a_process_that_went_away_are_freed_after_its_ttl() -> None:
     store = StoreModel()
     assert take(store, 0.0, pid="a", concurrency=1, need_slots=1).ok
@@ -324,6 +333,21 @@ def test_surplus_keeps_the_next_lease_while_busy_and_gives_all_back_when_idle() 
     a.consume(need, 1.0)
     a.give_back_all()
     assert a.surplus(1.0, 60_000, 0) == (4, 0, 0)
+
+
+def test_surplus_keeps_idle_slots_up_to_the_recent_peak_while_busy() -> None:
+    a = Allowance()
+    one = Need(0, 0, 1)
+    a.credit(TakeReply(ok=True, slots=5))
+    for _ in range(4):
+        a.consume(one, 0.0)
+    for _ in range(3):
+        a.settle(one, None)  # peak 4, 1 in use, 4 idle
+    assert a.surplus(0.05, 0, 0) == (0, 0, 1)  # keeps 3: the peak since the last sync
+    assert (a.idle_slots, a.in_use) == (3, 1)
+    assert a.surplus(0.06, 0, 0) == (0, 0, 3)  # peak now 1: nothing idle is needed
+    a.settle(one, None)
+    assert a.surplus(1.0, 0, 0) == (0, 0, 1)  # idle for LEASE_S: all back
 
 
 def test_forget_in_use_after_a_crash() -> None:

@@ -90,6 +90,7 @@ class Script:
                 need_slots=rng.choice([0, 1]) if concurrency else 0,
                 extra_requests=rng.choice([0, 0, 3, 50]),
                 extra_tokens=rng.choice([0, 0, 100, 10_000]),
+                extra_slots=rng.choice([0, 0, 1, 3]),
                 held=rng.choice([0, 0, 1, 2]),
                 ttl=rng.choice([30.0, 2.0]),
                 now=self.now,
