@@ -54,6 +54,7 @@ MAX_NAME_LENGTH = 512
 _ROLES = frozenset({"system", "user", "assistant", "tool"})
 _FORMATS = frozenset({"text", "json_object", "json_schema"})
 _TOOL_CHOICES = frozenset({"auto", "none", "required"})
+_CACHE_MODES = frozenset({"default", "refresh", "off"})
 
 
 def request_problem(request: object, *, model_required: bool = True) -> str | None:
@@ -162,12 +163,19 @@ def _model(value: object, required: bool) -> str | None:
 def _common(request: ChatRequest | EmbedRequest, model_required: bool) -> str | None:
     return (
         _model(request.model, model_required)
+        or _cache_mode(request.cache)
         or _request_id(request.request_id)
         or _timeout(request.timeout)
         or _strings("fallbacks", request.fallbacks, most=MAX_STOP_SEQUENCES, empty_ok=False)
         or _metadata(request.metadata)
         or _json("extra", request.extra)
     )
+
+
+def _cache_mode(value: object) -> str | None:
+    if not isinstance(value, str) or value not in _CACHE_MODES:
+        return f"cache must be one of default, refresh, off, got {_show(value)}"
+    return None
 
 
 def _request_id(value: object) -> str | None:

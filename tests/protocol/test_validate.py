@@ -135,6 +135,9 @@ BAD: list[tuple[ChatRequest | EmbedRequest, str]] = [
     (chat(metadata={"k": 1}), "metadata must map strings to strings"),
     (chat(fallbacks=[""]), "fallbacks[0] must be a non-empty string"),
     (chat(strategy=""), "strategy must be a non-empty string"),
+    (chat(cache="sometimes"), "cache must be one of default, refresh, off"),
+    (embed(cache=None), "cache must be one of default, refresh, off"),
+    (chat(cache=["off"]), "cache must be one of default, refresh, off"),
     (embed(inputs=[]), "inputs must hold at least one text"),
     (embed(inputs=[""]), "inputs[0] must be a non-empty string"),
     (embed(inputs="abc"), "inputs must be a list of strings"),
@@ -195,6 +198,7 @@ FIELDS = [
     "fallbacks",
     "strategy",
     "extra",
+    "cache",
 ]
 
 
