@@ -63,9 +63,7 @@ from actors._mailbox import MailboxClosed
 from actors._metrics import ConnectionMetricsSnapshot, ModelUsage, prometheus_text
 from actors._provider import Connection, ConnectionStatistics, ProviderActor
 from actors._router import Router, RouterStream
-from actors._shared_state import SharedState, shared_state_for
 from protocol._config import ConnectionConfig, RuntimeConfig, Secret
-from protocol._config_load import load_config
 from protocol._errors import ConfigError, ErrorKind, RequestFailed
 from protocol._messages import ChatRequest, Completion, Embeddings, EmbedRequest, Failure, Message
 
@@ -73,6 +71,7 @@ from ._supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
     from actors._gateway import Gateway
+    from actors._shared_state import SharedState
 
 
 class ModelTotals(msgspec.Struct, frozen=True, kw_only=True):
@@ -277,7 +276,12 @@ class Runtime:
             store=MemoryCacheStore(settings.cache_max_entries),
         )
         """The response cache and request coalescing in front of the router."""
-        self.shared: SharedState | None = shared_state_for(settings, wall_clock=wall_clock)
+        self.shared: SharedState | None = None
+        if settings.state.strip() != "local":
+            # Redis-shared state only when configured: its modules stay out of the import.
+            from actors._shared_state import shared_state_for
+
+            self.shared = shared_state_for(settings, wall_clock=wall_clock)
         """State shared with other processes (``[runtime] state``), ``None`` when local."""
         if self.shared is not None:  # one response cache for every process using the store
             self.responses.store = SharedCacheStore(self.shared)
@@ -674,6 +678,8 @@ def _apply_changes(
 def _resolve_config(config: RuntimeConfig | str | os.PathLike[str]) -> RuntimeConfig:
     if isinstance(config, RuntimeConfig):
         return config
+    from protocol._config_load import load_config  # TOML (tomllib) only for a path
+
     return load_config(config)
 
 
