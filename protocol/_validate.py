@@ -260,7 +260,7 @@ def _messages(messages: object) -> str | None:
 def _message(message: object) -> str | None:
     if not isinstance(message, Message):
         return f"(the message) must be a Message, got {_show(message)}"
-    if message.role not in _ROLES:
+    if not isinstance(message.role, str) or message.role not in _ROLES:
         return f"role must be one of {', '.join(sorted(_ROLES))}, got {_show(message.role)}"
     content: object = message.content  # typed, but built in process without checks
     if isinstance(content, str):
@@ -329,7 +329,7 @@ def _response_format(value: object) -> str | None:
         return None
     if not isinstance(value, ResponseFormat):
         return f"response_format must be a ResponseFormat, got {_show(value)}"
-    if value.type not in _FORMATS:
+    if not isinstance(value.type, str) or value.type not in _FORMATS:
         expected = ", ".join(sorted(_FORMATS))
         return f"response_format.type must be one of {expected}, got {_show(value.type)}"
     if value.type == "json_schema":

@@ -87,6 +87,7 @@ BAD: list[tuple[ChatRequest | EmbedRequest, str]] = [
     (chat(messages="hi"), "messages must be a list"),
     (chat(messages=["hi"]), "messages[0].(the message) must be a Message"),
     (chat(messages=[Message(role="robot", content="x")]), "messages[0].role must be one of"),
+    (chat(messages=[Message(role=["user"], content="x")]), "messages[0].role must be one of"),
     (chat(messages=[Message(role="user", content=5)]), "messages[0].content must be a string"),
     (
         chat(messages=[Message(role="user", content=[TextPart(text=None)])]),
@@ -127,6 +128,7 @@ BAD: list[tuple[ChatRequest | EmbedRequest, str]] = [
         "response_format.schema is required",
     ),
     (chat(response_format=ResponseFormat(type="yaml")), "response_format.type must be one of"),
+    (chat(response_format=ResponseFormat(type={})), "response_format.type must be one of"),
     (chat(stream="yes"), "stream must be true or false"),
     (chat(extra={"n": 10**9}), "extra.n must be 1"),
     (chat(extra={"x": object()}), "extra must be JSON-encodable"),
@@ -226,3 +228,30 @@ def test_an_empty_model_is_sound_only_where_it_means_the_default() -> None:
     assert problem is not None
     assert problem.startswith("model must be a non-empty string")
     assert request_problem(chat(model=""), model_required=True) is not None
+
+
+PARTS = st.one_of(
+    ANYTHING,
+    st.builds(TextPart, text=ANYTHING),
+    st.builds(ImagePart, url=ANYTHING, data=ANYTHING),
+    st.builds(ToolUsePart, id=ANYTHING, name=ANYTHING, arguments=ANYTHING),
+    st.builds(ToolResultPart, tool_use_id=ANYTHING, content=ANYTHING),
+)
+MESSAGES = st.builds(
+    Message,
+    role=st.one_of(st.sampled_from(["user", "assistant"]), ANYTHING),
+    content=st.one_of(ANYTHING, st.lists(PARTS, max_size=3)),
+)
+
+
+@given(
+    st.lists(st.one_of(MESSAGES, ANYTHING), max_size=3),
+    st.one_of(ANYTHING, st.builds(ResponseFormat, type=ANYTHING, schema=ANYTHING, name=ANYTHING)),
+    st.one_of(ANYTHING, st.lists(st.builds(Tool, name=ANYTHING, parameters=ANYTHING), max_size=2)),
+)
+def test_no_nested_value_makes_the_check_raise(
+    messages: list[Any], response_format: Any, tools: Any
+) -> None:
+    request = chat(messages=messages, response_format=response_format, tools=tools)
+    problem = request_problem(request)
+    assert problem is None or isinstance(problem, str)
