@@ -302,11 +302,11 @@ class _Session:
     Theory of operation (sending): only `write_loop` (one task per session) writes to the
     socket. `send` encodes a frame and queues it - at once, with no lock and no checkpoint,
     while fewer than ``_WRITE_BYTES`` are queued; else it waits (cancellably: nothing is
-    written yet) for the writer to take the queue. The writer takes everything queued each
-    time it wakes up and writes it in order: as `Batch` messages of up to ``_WRITE_BYTES``
-    when the client offered the ``batch`` feature (``batching``), else one message per frame.
-    Each message is written shielded from cancellation, with ``sending_since`` set for the
-    duration of the write.
+    written yet) for the writer to take the queue. The writer, once woken, lets the tasks
+    that are ready run (one schedule point), then takes everything queued and writes it in
+    order: as `Batch` messages of up to ``_WRITE_BYTES`` when the client offered the
+    ``batch`` feature (``batching``), else one message per frame. Each message is written
+    shielded from cancellation, with ``sending_since`` set for the duration of the write.
 
     `watch_writes` (one task per session) sleeps until the current write would be
     ``slow_client_timeout_s`` old; if that write is still the one blocked, it closes the
@@ -384,6 +384,10 @@ class _Session:
                     finally:
                         self._writer_parked = False
                     continue
+                # One schedule point before taking the queue: the tasks that are ready run
+                # first, and what they queue (the next events of the streams, often of this
+                # one) goes in the same write.
+                await trio.lowlevel.checkpoint()
                 frames, self._queue, self._queued = self._queue, [], 0
                 self._room.unpark_all()
                 self._writing = True

@@ -100,6 +100,11 @@ async def later(seconds: float, action: Callable[[], None]) -> None:
     action()
 
 
+async def send_when(ready: trio.Event, session: _Session, frame: BatchItem) -> None:
+    await ready.wait()
+    await session.send(frame)
+
+
 def flat(frames: list[Any]) -> list[Any]:
     """The frames of a client's messages, batches unpacked."""
     return [f for b in frames for f in (b.frames if isinstance(b, Batch) else [b])]
@@ -148,6 +153,24 @@ async def test_the_writer_writes_all_that_is_queued_per_wake_up_in_order(
         await session.send(event("b", "more"))
         await trio.sleep(1)
         assert ws.frames()[-1] == event("b", "more")
+
+
+async def test_what_tasks_ready_with_the_writer_queue_goes_in_the_same_write(
+    autojump_clock: MockClock,
+) -> None:
+    """A frame wakes the writer; a task woken at the same moment (as a stream's next event
+    makes its request task ready) queues its frame before the writer takes the queue, so
+    both go in one write, whichever of the two trio runs first."""
+    for _ in range(20):  # trio runs the tasks of a round in a random order
+        session, ws = new_session(batching=True)
+        ready = trio.Event()
+        async with writing(session) as nursery:
+            nursery.start_soon(send_when, ready, session, event("b", "2"))
+            await trio.sleep(1)  # the writer is parked, the second task waits
+            await session.send(event("a", "1"))
+            ready.set()
+            await trio.sleep(1)
+        assert ws.frames() == [Batch(frames=[event("a", "1"), event("b", "2")])]
 
 
 async def test_a_batch_holds_at_most_the_write_bound(autojump_clock: MockClock) -> None:
