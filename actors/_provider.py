@@ -340,18 +340,18 @@ class Connection:
         limiter is parked by a 429."""
         if self.mailbox.closed:
             return math.inf  # draining for removal or shutdown: takes no new work
-        waits: list[float] = []
+        wait: float | None = None
         state = self.breaker.poll(now)  # cheap: this runs for every target of every request
         if state is BreakerState.FORCED_OPEN:
-            waits.append(math.inf)
-        elif state is BreakerState.OPEN:
+            return math.inf
+        if state is BreakerState.OPEN:
             open_until = self.breaker.open_until
             if open_until is not None and open_until > now:
-                waits.append(open_until - now)
+                wait = open_until - now
         parked = self.limiter.parked_until
-        if parked is not None and parked > now:
-            waits.append(parked - now)
-        return max(waits) if waits else None
+        if parked is not None and parked > now and (wait is None or parked - now > wait):
+            wait = parked - now
+        return wait
 
     def load(self) -> int:
         stats = self.mailbox.statistics()

@@ -218,6 +218,8 @@ class _Targets:
         becomes available before the deadline."""
         if self._queue:
             return True
+        if not self._aside:
+            return False
         earliest = self.earliest(trio.current_time())
         return earliest is not None and earliest < self.deadline
 
@@ -436,6 +438,9 @@ class Router:
         self.failovers = 0
         self.closed = False
         self._resolved: dict[str, list[ResolvedTarget]] = {}
+        self._planned: dict[str, tuple[RouteConfig, tuple[ResolvedTarget, ...]]] = {}
+        """Plans in a fixed order (the ``priority`` strategy, no per-request choices), by
+        name: ordering them again for every request costs as much as routing it."""
         """Set by the runtime when it shuts down: every new request fails ``cancelled``."""
 
     # -- resolution ---------------------------------------------------------------------
@@ -449,6 +454,7 @@ class Router:
         """Forget cached name resolutions: call after connections are added, removed or
         reconfigured (the runtime does)."""
         self._resolved.clear()
+        self._planned.clear()
 
     def targets_for(self, model: str) -> list[ResolvedTarget]:
         """Where *model* can go (see the module header), in declaration order. Cached per
@@ -537,11 +543,22 @@ class Router:
     def _plan(
         self, request: ChatRequest | EmbedRequest
     ) -> tuple[RouteConfig, list[ResolvedTarget]]:
-        route = self.routes.get(request.model, DEFAULT_ROUTE)
-        strategy = getattr(request, "strategy", None) or route.strategy
-        targets = self._order(self.targets_for(request.model), strategy)
+        model = request.model
+        chosen = getattr(request, "strategy", None)
+        plain = chosen is None and not request.fallbacks  # nothing chosen per request
+        if plain:
+            planned = self._planned.get(model)
+            if planned is not None:
+                return planned[0], list(planned[1])
+        route = self.routes.get(model, DEFAULT_ROUTE)
+        strategy = chosen or route.strategy
+        targets = self._order(self.targets_for(model), strategy)
         for name in request.fallbacks:
             targets.extend(self._order(self.targets_for(name), strategy))
+        if plain and strategy == "priority":  # a fixed order: the same for every request
+            if len(self._planned) > 10_000:
+                self._planned.clear()
+            self._planned[model] = (route, tuple(targets))
         return route, targets
 
     def _deadline(

@@ -102,3 +102,26 @@ async def test_wait_reads_what_is_left_of_the_stream(autojump_clock: MockClock) 
         assert isinstance(result, Completion)
         assert result.text
         assert s.result is result
+
+
+async def test_a_fixed_order_is_planned_once_per_name(
+    autojump_clock: MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    orders: list[str] = []
+    real = actors._router.Router._order
+
+    def counting(self: actors._router.Router, targets: Any, strategy: str) -> Any:
+        orders.append(strategy)
+        return real(self, targets, strategy)
+
+    monkeypatch.setattr(actors._router.Router, "_order", counting)
+    async with open_runtime(loads_config(CONFIG), transport=FakeTransport(seed=1)) as rt:
+        for _ in range(3):
+            await rt.chat(ask())
+        assert orders == ["priority"]
+        await rt.chat(ask(strategy="least_busy"))  # chosen per request: planned each time
+        await rt.chat(ask(strategy="least_busy"))
+        assert orders == ["priority", "least_busy", "least_busy"]
+        rt.override_connection("a", timeout=30.0)  # reconfigured: planned again
+        await rt.chat(ask())
+        assert orders == ["priority", "least_busy", "least_busy", "priority"]
