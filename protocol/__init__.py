@@ -49,10 +49,13 @@ if _typing.TYPE_CHECKING:
     from ._errors import is_retryable as is_retryable
     from ._errors import parks_limiter as parks_limiter
     from ._errors import policy as policy
+    from ._frames import FEATURE_BATCH as FEATURE_BATCH
     from ._frames import PROTOCOL_VERSION as PROTOCOL_VERSION
     from ._frames import SUBPROTOCOL_JSON as SUBPROTOCOL_JSON
     from ._frames import SUBPROTOCOL_MSGPACK as SUBPROTOCOL_MSGPACK
     from ._frames import Accepted as Accepted
+    from ._frames import Batch as Batch
+    from ._frames import BatchItem as BatchItem
     from ._frames import Cancel as Cancel
     from ._frames import ChatCall as ChatCall
     from ._frames import ClientFrame as ClientFrame
@@ -157,6 +160,9 @@ _LAZY = {
     "SUBPROTOCOL_JSON": "._frames",
     "SUBPROTOCOL_MSGPACK": "._frames",
     "Accepted": "._frames",
+    "Batch": "._frames",
+    "BatchItem": "._frames",
+    "FEATURE_BATCH": "._frames",
     "Cancel": "._frames",
     "ChatCall": "._frames",
     "ClientFrame": "._frames",
@@ -231,6 +237,8 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "Accepted",
+    "Batch",
+    "BatchItem",
     "BreakerConfig",
     "BudgetPeriod",
     "CacheConfig",
@@ -254,6 +262,7 @@ __all__ = [
     "Embeddings",
     "ErrorKind",
     "EventFrame",
+    "FEATURE_BATCH",
     "Failure",
     "FailureFrame",
     "FinishReason",
