@@ -117,10 +117,8 @@ _CLOSE_GRACE: Final = 2.0
 _LOG_MESSAGE_CHARS: Final = 200
 _REQUEST_ID: Final = re.compile(r"^[\w.:-]{1,128}$")
 _JSON: Final = "application/json"
-_SSE_HEADERS: Final = [
-    (b"content-type", b"text/event-stream; charset=utf-8"),
-    (b"cache-control", b"no-cache"),
-]
+_SSE: Final = "text/event-stream; charset=utf-8"
+_SSE_HEADERS: Final = [(b"cache-control", b"no-cache")]  # start() adds the content type
 
 
 class HttpBackend(GatewayBackend, Protocol):
@@ -717,14 +715,14 @@ class HttpFace:
                     return None  # leaving the stream cancels the upstream request
                 if out:
                     if not ex.started:
-                        await ex.start(200, list(_SSE_HEADERS), "text/event-stream")
+                        await ex.start(200, list(_SSE_HEADERS), _SSE)
                     await ex.write(out)
             result = await handle.wait()
         if isinstance(result, Failure):
             await self._end_with_failure(ex, result, renderer)
             return result
         if not ex.started:
-            await ex.start(200, list(_SSE_HEADERS), "text/event-stream")
+            await ex.start(200, list(_SSE_HEADERS), _SSE)
         await ex.write(renderer.finish(result), more=False)
         return result
 

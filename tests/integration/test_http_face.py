@@ -841,3 +841,17 @@ async def test_http_false_leaves_the_port_to_the_websocket_gateway() -> None:
         async with Client.connect(served.rt.gateway.url, token=TOKEN) as ws:
             request = ChatRequest(model="fast", messages=[Message(role="user", content="hi")])
             assert (await ws.chat(request)).text
+
+
+async def test_an_sse_response_names_its_content_type_once() -> None:
+    """One ``content-type`` header on a streamed answer (it was sent twice)."""
+    body = {"model": "default", "messages": MESSAGES, "stream": True}
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with (
+        serving() as served,
+        httpx.AsyncClient(base_url=served.url) as http,
+        http.stream("POST", "/v1/chat/completions", json=body, headers=auth) as resp,
+    ):
+        assert resp.status_code == 200
+        assert resp.headers.get_list("content-type") == ["text/event-stream; charset=utf-8"]
+        assert b"data: [DONE]" in await resp.aread()
