@@ -594,6 +594,18 @@ class ReplyStream:
         except (trio.EndOfChannel, trio.ClosedResourceError):
             raise StopAsyncIteration from None
 
+    def next_nowait(self) -> StreamEvent:
+        """The next event if one is already buffered (`__anext__` without awaiting: for a
+        reader that pays a coroutine per event otherwise). Raises `trio.WouldBlock` when
+        none is (or before the first event of a queued request: `__anext__` watches its
+        deadline), `StopAsyncIteration` at the end."""
+        if self._guard != math.inf:
+            raise trio.WouldBlock
+        try:
+            return self._events.receive_nowait()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+
     def cancel(self) -> None:
         """Stop the request now: its upstream request is cancelled (its usage still
         recorded) and the stream ends with a ``cancelled`` failure. Idempotent."""

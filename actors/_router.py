@@ -282,16 +282,19 @@ class _Source:
     just before its first event), events already taken from it (a hedge's first event), and
     what of it reached the caller."""
 
-    __slots__ = ("ahead", "announce", "emitted", "stream", "text")
+    __slots__ = ("ahead", "announce", "collect", "emitted", "stream", "text")
 
-    def __init__(self, stream: ReplyStream, announce: StreamEvent | None) -> None:
+    def __init__(self, stream: ReplyStream, announce: StreamEvent | None, *, collect: bool) -> None:
         self.stream = stream
         self.announce = announce
         self.ahead: list[StreamEvent] = []
         self.emitted = False
         """Events of this try reached the caller."""
+        self.collect = collect
+        """Keep the text: only a route that continues streams (``mid_stream = "continue"``)
+        uses it (the prefix of a continuation, and who produced it)."""
         self.text: list[str] = []
-        """The text this try sent to the caller."""
+        """The text this try sent to the caller (when it is kept)."""
 
 
 class RouterStream:
@@ -314,11 +317,18 @@ class RouterStream:
         while True:
             source = self._source
             if source is not None:
+                stream = source.stream
+                event: StreamEvent | None
                 if source.ahead:
-                    event: StreamEvent | None = source.ahead.pop(0)
+                    event = source.ahead.pop(0)
                 else:
                     try:
-                        event = await source.stream.__anext__()
+                        event = stream.next_nowait()  # the hot path: no coroutine
+                    except trio.WouldBlock:
+                        try:
+                            event = await stream.__anext__()
+                        except StopAsyncIteration:
+                            event = None
                     except StopAsyncIteration:
                         event = None
                 if event is not None:
@@ -329,7 +339,7 @@ class RouterStream:
                             source.announce = None
                             source.ahead.insert(0, event)
                             return announce
-                    if isinstance(event, TextDelta):
+                    if source.collect and isinstance(event, TextDelta):
                         source.text.append(event.text)
                     return event
                 self._source = None
@@ -841,12 +851,20 @@ class Router:
                 else:  # no prefill target available: restart instead
                     discard()
                     switch = ("restart", switch[1])
+            collect = route.mid_stream == "continue"
             hedge = self._hedge_delay(route, conn) if not holding else None
             partner = targets.take(trio.current_time()) if hedge is not None else None
             if partner is not None and hedge is not None:
                 async with AsyncExitStack() as stack:
                     race = await self._race(
-                        stack, current, (target, partner), deadline, hedge, targets.more(), switch
+                        stack,
+                        current,
+                        (target, partner),
+                        deadline,
+                        hedge,
+                        targets.more(),
+                        switch,
+                        collect,
                     )
                     if race.winner is not None:
                         yield race.sources[race.winner]
@@ -855,7 +873,7 @@ class Router:
                 async with conn._open_stream(
                     Call(current, target.model, targets.more()), deadline
                 ) as stream:
-                    source = _Source(stream, _announcement(switch, target))
+                    source = _Source(stream, _announcement(switch, target), collect=collect)
                     yield source
                     one = await _result_of(stream)
                 done = _Try(
@@ -965,6 +983,7 @@ class Router:
         delay: float,
         more_targets: bool,
         switch: _Switch | None,
+        collect: bool,
     ) -> _Race:
         """Race the first target of *pair* against the second, started *delay* seconds later
         (or as soon as the first ends without an event), until one produces an event: it
@@ -980,7 +999,8 @@ class Router:
                 return None
             call = conn._call(request, target.model, True if key == 0 else more_targets)
             stream = await stack.enter_async_context(conn._open_stream(call, deadline))
-            source = race.sources[key] = _Source(stream, _announcement(switch, target))
+            announce = _announcement(switch, target)
+            source = race.sources[key] = _Source(stream, announce, collect=collect)
             return source
 
         first = await start(0)
