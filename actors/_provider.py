@@ -260,7 +260,7 @@ class Connection:
         self.max_in_flight = (
             max_in_flight or config.rate_limit.concurrent_requests or (DEFAULT_MAX_IN_FLIGHT)
         )
-        # How `override` resizes the running incarnation's in-flight slots.
+        # How `override` resizes the running incarnation's workers.
         self._resize: Callable[[int], None] | None = None
         self.incarnation = 0
         self.running = False
@@ -801,12 +801,6 @@ class _Abandoned(BaseException):
     ``finally`` blocks (usage recording) run as for a cancellation."""
 
 
-class _Ticket:
-    """Who holds one of the actor's in-flight slots (a `trio.CapacityLimiter` borrower)."""
-
-    __slots__ = ()
-
-
 _CLOSED_BEFORE_HEAD = (httpx.ReadError, httpx.RemoteProtocolError)
 """httpx errors that, before the response head, mean the request went out and the provider
 closed the connection instead of answering (a reset; a clean close)."""
@@ -845,7 +839,7 @@ class ProviderActor:
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
         # The running incarnation's workers (see `_work`), set up by `run`.
-        self._slots = trio.CapacityLimiter(max(1, connection.max_in_flight))
+        self._bound = connection.max_in_flight
         self._workers = 0
         self._idle = 0
         self._nursery: trio.Nursery
@@ -857,7 +851,7 @@ class ProviderActor:
         conn.running = True
         pool = _ClientPool(conn.transport, conn.config.timeouts.connect)
         in_flight = conn._taken
-        self._slots = trio.CapacityLimiter(conn.max_in_flight)
+        self._bound = conn.max_in_flight
         self._workers = 1  # this task is the first worker
         self._idle = 0
         try:
@@ -893,56 +887,43 @@ class ProviderActor:
     # -- workers --------------------------------------------------------------------------
 
     async def _work(self) -> None:
-        """One long-lived worker: take a request from the mailbox while holding one of the
-        incarnation's in-flight slots, serve it, repeat. A request costs no task of its own;
-        workers are hired as concurrency grows (one always waits idle while slots are left,
-        see `_hire`) and stay, up to ``max_in_flight``. A worker retires when the mailbox is
-        closed and drained, or when `Connection.override` lowered ``max_in_flight`` below
-        the number of workers."""
+        """One long-lived worker: take a request from the mailbox, serve it, repeat. A
+        request costs no task of its own. Each worker serves one request at a time and there
+        are at most ``max_in_flight`` of them, so that bounds the requests in flight: workers
+        are hired as concurrency grows (one always waits idle while the bound allows, see
+        `_hire`) and stay. A worker retires when the mailbox is closed and drained, or when
+        `Connection.override` lowered ``max_in_flight`` below the number of workers."""
         conn = self.connection
         mailbox = conn.mailbox
-        slots = self._slots
         in_flight = conn._taken
-        ticket = _Ticket()
         try:
-            while True:
-                try:
-                    slots.acquire_on_behalf_of_nowait(ticket)
-                except trio.WouldBlock:
-                    if self._workers > slots.total_tokens:
-                        return  # resized down: one worker too many
-                    await slots.acquire_on_behalf_of(ticket)
+            while self._workers <= self._bound:  # else resized down: one worker too many
                 self._idle += 1
                 try:
                     envelope = await mailbox.get()
                 except (MailboxClosed, Interrupted):
-                    slots.release_on_behalf_of(ticket)
                     return
                 finally:
                     self._idle -= 1
                 in_flight.add(envelope)
                 if not self._idle:
                     self._hire()
-                try:
-                    await self._serve(envelope, self._pool, in_flight)
-                finally:
-                    slots.release_on_behalf_of(ticket)
+                await self._serve(envelope, self._pool, in_flight)
         finally:
             self._workers -= 1
 
     def _hire(self) -> None:
-        """Start a worker if a slot is left for it (called when none is idle), so that a
-        request arriving while every worker is busy is taken at once."""
-        if self._workers < self._slots.total_tokens:
+        """Start a worker if the bound allows (called when none is idle), so that a request
+        arriving while every worker is busy is taken at once."""
+        if self._workers < self._bound:
             self._workers += 1
             self._nursery.start_soon(self._work)
 
     def _resize(self, max_in_flight: int) -> None:
-        """`Connection.override` changed ``max_in_flight``: more slots wake a worker (or hire
-        one) for queued requests; fewer retire idle workers at once and busy ones as they
+        """`Connection.override` changed ``max_in_flight``: a higher bound hires a worker
+        for queued requests; a lower one retires idle workers at once and busy ones as they
         finish."""
-        slots = self._slots
-        slots.total_tokens = max_in_flight
+        self._bound = max_in_flight
         excess = self._workers - max_in_flight
         if excess > 0:
             self.connection.mailbox.interrupt_getters(excess)
