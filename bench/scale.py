@@ -229,7 +229,7 @@ async def main(args: argparse.Namespace) -> dict[str, float | int | str]:
         stats = rt.metrics()
         served = sum(s.completions for s in stats.connections.values())
         figures["completions"] = served
-        assert served == n + total + 2 * args.sample, served
+        assert served == n + total + 3 * args.sample, served
 
         t3 = time.perf_counter()
         await rt.aclose()
