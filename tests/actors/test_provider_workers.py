@@ -5,8 +5,6 @@ at once in both directions. Structure and counts only (the cost is `bench/overhe
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import msgspec
 import pytest
@@ -18,26 +16,9 @@ from actors.testing._faults import FaultPlan, Latency
 from protocol._config import RateLimitConfig
 from protocol._errors import ErrorKind
 from protocol._messages import Completion, Failure
+from tests.supervisors.test_runtime_hot_path import spawns
 
 from .test_provider import chat_request, config, connect, serving, stream_all
-
-
-class Spawns(trio.abc.Instrument):
-    def __init__(self) -> None:
-        self.names: list[str] = []
-
-    def task_spawned(self, task: trio.lowlevel.Task) -> None:
-        self.names.append(task.name)
-
-
-@contextmanager
-def spawns() -> Iterator[Spawns]:
-    instrument = Spawns()
-    trio.lowlevel.add_instrument(instrument)
-    try:
-        yield instrument
-    finally:
-        trio.lowlevel.remove_instrument(instrument)
 
 
 async def test_requests_start_no_task_of_their_own(autojump_clock: trio.testing.MockClock) -> None:
